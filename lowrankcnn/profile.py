@@ -1,0 +1,187 @@
+"""Parameter and multiply-accumulate (MAC) counting.
+
+Conventions (SPEC §1.4):
+
+* ``"standard"``: MACs = sum over conv and linear layers of
+  ``weights x output positions`` (1 MAC = 2 FLOPs). Pooling, activations,
+  normalization and dropout count nothing.
+* ``"paper"``: the standard count plus one MAC per bias parameter, added once
+  per layer call, as the published tool did (the figures in the papers).
+
+Counts are per image (the model is run on a batch of one). Rows are reported
+per *unit*: a zoo layer such as ``CompositeConv2d`` or ``SeparableConv2d`` is
+one row (its inner convs are summed), as is every other conv or linear layer.
+Models on the ``meta`` device are profiled without computing anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .layers import CompositeConv2d, SeparableConv2d
+from .tables import format_table
+
+Convention = Literal["standard", "paper"]
+UNIT_TYPES: tuple[type[nn.Module], ...] = (CompositeConv2d, SeparableConv2d, nn.Conv2d, nn.Linear)
+"""Modules reported as one row each (outermost wins)."""
+
+
+@dataclass
+class LayerRow:
+    """One profiled layer: ``output_shape`` excludes the batch axis."""
+
+    name: str
+    kind: str
+    kernel: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+
+
+@dataclass
+class ProfileResult:
+    """Totals and per-layer rows; ``params`` counts every parameter of the model."""
+
+    model: str
+    input_size: tuple[int, int, int]
+    convention: Convention
+    params: int
+    macs: int
+    layers: list[LayerRow] = field(default_factory=list)
+
+    @property
+    def flops(self) -> int:
+        """``2 * macs`` (one multiply and one add per MAC)."""
+        return 2 * self.macs
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["layers"] = [asdict(row) for row in self.layers]
+        return data
+
+    def table(self) -> str:
+        """A readable fixed-width table of the rows and totals."""
+        head = ("layer", "kind", "kernel / basis", "output", "params", "MACs")
+        body: list[Sequence[str] | None] = [
+            [r.name, r.kind, r.kernel, "x".join(map(str, r.output_shape)), f"{r.params:,}", f"{r.macs:,}"]
+            for r in self.layers
+        ]
+        body += [None, ["total", "", "", "", f"{self.params:,}", f"{self.macs:,}"]]
+        title = (
+            f"{self.model} @ {'x'.join(map(str, self.input_size))}, "
+            f"MACs per image, {self.convention} convention (1 MAC = 2 FLOPs)"
+        )
+        return title + "\n" + format_table(head, body, left=4)
+
+
+def describe_kernel(module: nn.Module) -> str:
+    """Kernel/basis text for a profile row."""
+    if hasattr(module, "describe"):
+        return module.describe()
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        text = f"{kh}x{kw}:{module.out_channels}"
+        if module.groups > 1:
+            text += f" g{module.groups}"
+        stride = module.stride if module.stride[0] != module.stride[1] else module.stride[0]
+        return text + (f" /{stride}" if stride not in (1, (1, 1)) else "")
+    if isinstance(module, nn.Linear):
+        return f"fc {module.in_features}->{module.out_features}"
+    return ""
+
+
+def leaf_macs(module: nn.Module, output: torch.Tensor, convention: Convention) -> int:
+    """MACs of one call of an ``nn.Conv2d`` / ``nn.Linear`` on a batch of ``output.shape[0]`` = 1."""
+    positions = output[0, 0].numel() if isinstance(module, nn.Conv2d) else output[0].numel() // output.shape[-1]
+    macs = module.weight.numel() * positions
+    if convention == "paper" and module.bias is not None:
+        macs += module.bias.numel()
+    return macs
+
+
+def _units(model: nn.Module) -> dict[nn.Module, str]:
+    """Outermost unit modules of ``model`` mapped to their qualified names."""
+    units: dict[nn.Module, str] = {}
+    inside: set[nn.Module] = set()
+    for name, module in model.named_modules():
+        if module in inside:
+            continue
+        if isinstance(module, UNIT_TYPES):
+            units[module] = name or type(module).__name__
+            inside.update(module.modules())
+    return units
+
+
+@torch.no_grad()
+def profile(
+    model: nn.Module,
+    input_size: int | Sequence[int] = 224,
+    convention: Convention = "standard",
+    in_chans: int | None = None,
+    training: bool = False,
+) -> ProfileResult:
+    """Count parameters and MACs of ``model`` for one image.
+
+    Args:
+        model: any module built from conv/linear layers (zoo models or not).
+        input_size: ``S`` (square), ``(H, W)`` or ``(C, H, W)``.
+        convention: ``"standard"`` or ``"paper"`` (adds one MAC per bias).
+        in_chans: input channels when ``input_size`` has no channel axis;
+            defaults to ``model.in_chans`` or 3.
+        training: profile in training mode (e.g. to count GoogLeNet's auxiliary heads).
+
+    Returns:
+        ``ProfileResult`` with per-unit rows in execution order; a unit called
+        several times gets one row per call.
+    """
+    if convention not in ("standard", "paper"):
+        raise ValueError(f"profile: convention must be 'standard' or 'paper', got {convention!r}")
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if len(size) == 2:
+        size = (in_chans or getattr(model, "in_chans", 3), *size)
+    if len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f"profile: input_size must be S, (H, W) or (C, H, W) positive integers, got {input_size!r}")
+
+    units = _units(model)
+    owner = {leaf: unit for unit in units for leaf in unit.modules() if isinstance(leaf, (nn.Conv2d, nn.Linear))}
+    rows: list[LayerRow] = []
+    pending: dict[nn.Module, int] = {}
+
+    def leaf_hook(module: nn.Module, _inp: object, output: torch.Tensor) -> None:
+        unit = owner[module]
+        pending[unit] = pending.get(unit, 0) + leaf_macs(module, output, convention)
+
+    def unit_hook(module: nn.Module, _inp: object, output: torch.Tensor) -> None:
+        params = sum(p.numel() for p in module.parameters())
+        rows.append(
+            LayerRow(
+                units[module],
+                type(module).__name__,
+                describe_kernel(module),
+                tuple(output.shape[1:]),
+                params,
+                pending.pop(module, 0),
+            )
+        )
+
+    handles = [m.register_forward_hook(leaf_hook) for m in owner]
+    handles += [m.register_forward_hook(unit_hook) for m in units]
+    was_training = model.training
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    try:
+        model.train(training)
+        model(torch.zeros((1, *size), device=device, dtype=dtype))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    name = getattr(model, "model_name", type(model).__name__)
+    total_params = sum(p.numel() for p in model.parameters())
+    return ProfileResult(name, size, convention, total_params, sum(r.macs for r in rows), rows)
