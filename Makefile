@@ -22,9 +22,9 @@ $(DATA):
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	$$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist
 
+# The main job: vgg11_gmp and its low-rank twin vgg11_gmp_lr (width 0.25) trained on Fashion-MNIST and compared.
 demo: install data
-	$(BIN)/lowrankcnn models
-	$(BIN)/lowrankcnn profile vgg11_gmp_lr --input-size 28 --in-chans 1 --num-classes 10 --width-mult 0.25
+	$(BIN)/lowrankcnn demo --out runs/demo
 
 test: install data
 	$(BIN)/python -m pytest -q

@@ -9,9 +9,15 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .data import DATASETS, build_data
+from .demo import compare
+from .evaluate import evaluate
 from .models import create_model, list_models, model_info
+from .plot import plot_confusion, plot_curves
 from .profile import ProfileResult, profile
 from .tables import format_table
+from .training import OPTIMIZERS, SCHEDULES, TrainConfig, Trainer, TrainingDiverged, load_trained_model
+from .training.trainer import default_threads
 
 
 class CLIError(Exception):
@@ -88,6 +94,116 @@ def cmd_models(args: argparse.Namespace) -> None:
     print(format_table(head, body, left=1, rules=False))
 
 
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    model_kwargs: dict[str, object] = {} if args.dropout is None else {"dropout": args.dropout}
+    if args.bn:
+        model_kwargs["bn"] = True
+    return TrainConfig(
+        model=args.model or "",
+        out=args.out,
+        data=args.data,
+        data_dir=args.data_dir,
+        width_mult=args.width_mult,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs,
+        patience=args.patience,
+        label_smoothing=args.label_smoothing,
+        channels_last=args.channels_last,
+        augment=not args.no_augment,
+        seed=args.seed,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        input_size=args.input_size,
+        workers=args.workers,
+        device=args.device,
+        model_kwargs=model_kwargs,
+    )
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    threads = args.threads or default_threads()
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    _set_threads(args)
+    if not (args.model or args.resume):
+        raise CLIError("give --model NAME (or --resume RUN_DIR to continue a run)")
+    args.out = args.resume or args.out or f"runs/{args.model}"
+    trainer = Trainer(_train_config(args), resume=bool(args.resume), progress=not args.no_progress)
+    if args.resume and trainer.dist.is_main:
+        print(
+            f"resuming {trainer.config.model} in {args.resume} after epoch {trainer.epoch} "
+            "(with the configuration saved there)"
+        )
+    history = trainer.fit()
+    if trainer.dist.is_main and history:
+        best = max(r["test_acc"] for r in history)
+        print(
+            f"done: {trainer.config.model}, {len(history)} epochs, final test acc {history[-1]['test_acc']:.4f}, "
+            f"best {best:.4f}; checkpoints in {trainer.run_dir}"
+        )
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    _set_threads(args)
+    model, config, state = load_trained_model(args.checkpoint)
+    info = state["data_info"]
+    data = build_data(
+        args.data or config.data,
+        args.data_dir or (config.data_dir if not args.data else None),
+        batch_size=args.batch_size,
+        augment=False,
+        test_subset=args.test_subset,
+        workers=args.workers,
+        input_size=config.input_size,
+    )
+    if (data.num_classes, data.in_chans) != (info["num_classes"], info["in_chans"]):
+        raise CLIError(
+            f"{args.checkpoint} was trained on {info['name']} ({info['num_classes']} classes, {info['in_chans']} "
+            f"channels) but --data {data.name} has {data.num_classes} classes, {data.in_chans} channels"
+        )
+    result = evaluate(model, data.test, data.num_classes, confusion=bool(args.confusion))
+    print(
+        f"{config.model} (epoch {state['epoch']}) on {data.name} test, {result.n} images: "
+        f"top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  loss {result.loss:.4f}"
+    )
+    if args.confusion:
+        plot_confusion(result.confusion, data.class_names, args.confusion, f"{config.model} on {data.name}")
+        print(f"confusion matrix written to {args.confusion}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    plot_curves(args.runs, args.out)
+    print(f"curves of {len(args.runs)} run(s) written to {args.out}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    _set_threads(args)
+    base = TrainConfig(
+        model="",
+        out=args.out,
+        data="fashion-mnist",
+        data_dir=args.data_dir,
+        width_mult=args.width_mult,
+        epochs=args.epochs,
+        batch_size=128,
+        lr=args.lr,
+        train_subset=args.train_subset,
+        seed=args.seed,
+    )
+    _, table = compare(args.dense, args.lowrank, base, args.out, progress=not args.no_progress)
+    print(table)
+    print(f"\nwritten: {args.out}/summary.md, {args.out}/curves.png")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, default=None, help="square input size (default: the model's native size)")
     p.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's native count)")
@@ -120,6 +236,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'vgg11*'")
     _add_model_args(p)
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="train a zoo model from scratch (torchrun-aware)")
+    p.add_argument("--model", help="registry name, e.g. vgg11_gmp_lr")
+    p.add_argument("--data", default="fashion-mnist", choices=DATASETS, help="dataset (default fashion-mnist)")
+    p.add_argument(
+        "--data-dir",
+        help="dataset folder (fashion-mnist default: $LOWRANKCNN_FASHION_MNIST or the "
+        "Debian package's /usr/share/datasets/fashion-mnist)",
+    )
+    p.add_argument("--out", help="run directory (default runs/MODEL)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    p.add_argument("--width-mult", type=float, default=1.0)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128, help="global batch size (split over torchrun ranks)")
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="cosine",
+        help="cosine; step (/10 at 50%% and 75%%); inverse: lr0/(1+lr0*wd*t) with /10 on plateau",
+    )
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--patience", type=int, default=2, help="plateau epochs before an inverse-schedule drop")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--dropout", type=float, default=None, help="override the model's dropout")
+    p.add_argument("--bn", action="store_true", help="batch norm after every conv (VGG and NiN; off in the papers)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-subset", type=int, help="use the first N training images")
+    p.add_argument("--test-subset", type=int, help="use the first N test images")
+    p.add_argument("--input-size", type=int, help="image size for imagefolder data (default 224)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (imagefolder)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores, split among torchrun ranks)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a test set")
+    p.add_argument("--checkpoint", required=True, help="a .pt file (or run directory: its last.pt)")
+    p.add_argument("--data", choices=DATASETS, help="dataset (default: the one it was trained on)")
+    p.add_argument("--data-dir")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--test-subset", type=int)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--confusion", metavar="PNG", help="write a confusion-matrix image")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plot", help="accuracy / loss curves of one or more runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="curves.png")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("demo", help="train a dense model and its low-rank twin on Fashion-MNIST and compare")
+    p.add_argument("--dense", default="vgg11_gmp")
+    p.add_argument("--lowrank", default="vgg11_gmp_lr")
+    p.add_argument("--width-mult", type=float, default=0.25)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-subset", type=int)
+    p.add_argument("--data-dir")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-bn", action="store_true", help="train without batch norm (as in the paper; slower to start)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -131,6 +318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ValueError, FileNotFoundError) as err:
         print(f"lowrankcnn {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"lowrankcnn {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        where = getattr(args, "resume", None) or getattr(args, "out", None)
+        hint = f"; continue with `lowrankcnn train --resume {where}`" if args.command == "train" else ""
+        print(f"\nlowrankcnn {args.command}: interrupted; completed epochs are saved{hint}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -8,12 +8,15 @@ groups share one std computed from the *sum over groups*:
     n_hat = sum_g kernel_h_g * kernel_w_g * n_filters_g,   std = gain * sqrt(1 / n_hat)
 
 with ``gain = sqrt(2)`` for ReLU. For an ordinary conv this is He fan-out
-init, ``std = sqrt(2 / (k_h * k_w * out_channels))``; a linear layer uses
-``n_hat = out_features``.
+init, ``std = sqrt(2 / (k_h * k_w * out_channels))``.
 
 ``mode="fan_in"`` is the forward-pass rule instead. There each output channel
 is produced by exactly one group, so each group uses its own fan-in
-``in_channels * kernel_h * kernel_w`` (a linear layer: ``in_features``).
+``in_channels * kernel_h * kernel_w``.
+
+Linear layers always use He fan-in, ``std = sqrt(2 / in_features)``. A
+fan-out rule on a 10-way classifier fed by 1024 features would give
+``std = sqrt(2 / 10)`` and logits in the hundreds, and training would not start.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def composite_fan(layer: CompositeConv2d, mode: InitMode = "fan_out") -> list[in
 
 def _plain_fan(module: nn.Conv2d | nn.Linear, mode: InitMode) -> int:
     if isinstance(module, nn.Linear):
-        return module.out_features if mode == "fan_out" else module.in_features
+        return module.in_features
     receptive = math.prod(module.kernel_size)
     if mode == "fan_out":
         return receptive * module.out_channels // module.groups
@@ -57,8 +60,8 @@ def init_composite_(module: nn.Module, mode: InitMode = "fan_out", gain: float =
     """Initialize every conv/linear layer in ``module`` in place; returns ``module``.
 
     Composite layers get the shared-``n_hat`` rule of SPEC §1.2 for their basis
-    groups and plain He init for their join; every other ``nn.Conv2d`` and
-    ``nn.Linear`` gets plain He init with the same ``mode``. Biases are zeroed;
+    groups and plain He init for their join; every other ``nn.Conv2d`` gets
+    plain He init with the same ``mode``, and ``nn.Linear`` gets He fan-in. Biases are zeroed;
     batch-norm layers are reset to weight 1, bias 0.
     """
     if mode not in ("fan_out", "fan_in"):

@@ -42,6 +42,7 @@ class NiN(nn.Module):
         kernels: kernel sizes of (conv1, conv2 layers, conv3).
         num_classes, in_chans, width_mult: as in ``create_model``.
         dropout: dropout probability after each of the first two pools.
+        bn: batch norm after every conv, before its ReLU (the paper's NiN has none).
 
     Input ``(N, in_chans, H, W)`` with ``H, W >= 5``; output ``(N, num_classes)``.
     """
@@ -59,6 +60,7 @@ class NiN(nn.Module):
         in_chans: int = 3,
         width_mult: float = 1.0,
         dropout: float = 0.5,
+        bn: bool = False,
     ) -> None:
         super().__init__()
         self.in_chans = in_chans
@@ -68,6 +70,8 @@ class NiN(nn.Module):
 
         def add(name: str, module: nn.Module) -> int:
             layers[name] = module
+            if bn:
+                layers[f"bn_{name}"] = nn.BatchNorm2d(module.out_channels)
             layers[f"relu_{name}"] = nn.ReLU(inplace=True)
             return module.out_channels
 

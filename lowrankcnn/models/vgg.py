@@ -85,6 +85,8 @@ class VGG(nn.Module):
         conv1_stride: stride of conv1 (2 for ``lde`` and the MIT Places runs).
         fc_width: hidden FC width before ``width_mult`` (4096).
         dropout: dropout probability after fc6 and fc7.
+        bn: batch norm after every conv layer, before its ReLU (like torchvision's
+            ``vgg11_bn``; the paper's models have none).
 
     Input ``(N, in_chans, H, W)``, output logits ``(N, num_classes)``.
     """
@@ -100,6 +102,7 @@ class VGG(nn.Module):
         conv1_stride: int = 1,
         fc_width: int = 4096,
         dropout: float = 0.5,
+        bn: bool = False,
     ) -> None:
         super().__init__()
         self.in_chans = in_chans
@@ -109,6 +112,8 @@ class VGG(nn.Module):
             factor = conv5_width_factor if name.startswith("conv5") else 1
             conv = rule(channels, scale_width(width * factor, width_mult), conv1_stride if i == 0 else 1)
             layers[name] = conv
+            if bn:
+                layers[f"bn{name[4:]}"] = nn.BatchNorm2d(conv.out_channels)
             layers[f"relu{name[4:]}"] = nn.ReLU(inplace=True)
             channels = conv.out_channels
             if pool and name != "conv5b":

@@ -1,0 +1,78 @@
+"""Dense vgg11_gmp vs low-rank vgg11_gmp_lr on full Fashion-MNIST (issue 3's accuracy target).
+
+Trains both with the same recipe and prints the comparison table (params, MACs,
+test accuracy, training and inference images/s, speed-up, MAC ratio), then
+writes it with the curves and per-epoch metrics under ``--results``.
+
+    python benchmarks/train_fashion_mnist.py --epochs 15 --width-mult 0.5 --bn
+
+Targets: dense >= 93.0% test accuracy; low-rank within 0.5 pp with at most 45% of the MACs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from lowrankcnn.demo import compare
+from lowrankcnn.training import TrainConfig
+from lowrankcnn.training.checkpoint import atomic_write_text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dense", default="vgg11_gmp")
+    parser.add_argument("--lowrank", default="vgg11_gmp_lr")
+    parser.add_argument("--width-mult", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--bn", action="store_true", help="batch norm after every conv")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", default="runs/bench_fashion_mnist", help="where checkpoints go (not committed)")
+    parser.add_argument("--results", default="results/fashion_mnist_vgg11", help="committed outputs")
+    args = parser.parse_args()
+
+    base = TrainConfig(
+        model="",
+        out="",
+        width_mult=args.width_mult,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        model_kwargs={"bn": True} if args.bn else {},
+    )
+    rows, table = compare(args.dense, args.lowrank, base, args.runs)
+    print(table)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    runs = Path(args.runs)
+    shutil.copy(runs / "curves.png", results / "curves.png")
+    for name in (args.dense, args.lowrank):
+        for f in ("metrics.csv", "metrics.jsonl", "config.json"):
+            (results / name).mkdir(exist_ok=True)
+            shutil.copy(runs / name / f, results / name / f)
+    dense_acc, low_acc = (float(r[3].rstrip("%")) for r in rows)
+    mac_ratio = float(rows[1][7])
+    verdict = (
+        f"- dense test accuracy {dense_acc:.2f}% (target >= 93.0%): {'met' if dense_acc >= 93.0 else 'MISSED'}\n"
+        f"- low-rank gap {dense_acc - low_acc:+.2f} pp (target <= 0.5 pp): "
+        f"{'met' if dense_acc - low_acc <= 0.5 else 'MISSED'}\n"
+        f"- low-rank MACs {100 * mac_ratio:.0f}% of dense (target <= 45%): {'met' if mac_ratio <= 0.45 else 'MISSED'}\n"
+    )
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    summary = (runs / "summary.md").read_text()
+    atomic_write_text(
+        results / "README.md",
+        f"# {args.dense} vs {args.lowrank} on Fashion-MNIST\n\nMade by:\n\n```sh\n{command}\n```\n\n"
+        f"{summary}\n{verdict}\n![curves](curves.png)\n",
+    )
+    print(verdict)
+
+
+if __name__ == "__main__":
+    main()

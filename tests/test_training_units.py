@@ -1,0 +1,113 @@
+"""Schedules, checkpoints and metrics files (no data needed)."""
+
+import math
+import pickle
+
+import pytest
+import torch
+
+from lowrankcnn.training import LRSchedule, load_checkpoint, save_checkpoint
+from lowrankcnn.training.metrics import read_metrics, write_metrics
+
+
+def _opt() -> torch.optim.Optimizer:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+
+def test_inverse_schedule_is_the_papers_formula_with_plateau_drops():
+    opt = _opt()
+    sched = LRSchedule(opt, "inverse", base_lr=0.01, total_steps=1000, weight_decay=5e-4, patience=2)
+    for _ in range(250):
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01 / (1 + 0.01 * 5e-4 * 250))
+    sched.epoch_end(0.5)
+    sched.epoch_end(0.6)  # improving: no drop
+    sched.epoch_end(0.6)
+    assert sched.factor == 1.0
+    sched.epoch_end(0.59)  # two flat epochs: divide by 10
+    assert sched.factor == pytest.approx(0.1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.001 / (1 + 0.01 * 5e-4 * 250))
+
+
+def test_cosine_warmup_and_step():
+    opt = _opt()
+    cos = LRSchedule(opt, "cosine", 0.1, total_steps=110, warmup_steps=10)
+    assert cos.lr_at(0) == pytest.approx(0.01) and cos.lr_at(9) == pytest.approx(0.1)
+    assert cos.lr_at(60) == pytest.approx(0.05) and cos.lr_at(110) == pytest.approx(0.0, abs=1e-12)
+    step = LRSchedule(opt, "step", 0.1, total_steps=100)
+    assert [step.lr_at(t) for t in (0, 49, 50, 74, 75)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        LRSchedule(opt, "linear", 0.1, 10)
+
+
+def test_schedule_state_round_trip():
+    a = LRSchedule(_opt(), "inverse", 0.1, 100, 1e-3)
+    for _ in range(7):
+        a.step()
+    a.epoch_end(0.3)
+    opt = _opt()
+    b = LRSchedule(opt, "inverse", 0.1, 100, 1e-3)
+    b.load_state_dict(a.state_dict())
+    assert b.lr == a.lr and opt.param_groups[0]["lr"] == a.lr
+
+
+def test_checkpoint_round_trip_and_atomicity(tmp_path):
+    path = tmp_path / "run" / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 2, "history": [{"a": 1.0}]})
+    state = load_checkpoint(path)
+    assert state["epoch"] == 2 and torch.equal(state["model"]["w"], torch.ones(3))
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 2  # a run directory means its last.pt
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp files left behind
+
+    def boom(_f):
+        raise RuntimeError("disk full")
+
+    from lowrankcnn.training.checkpoint import atomic_write_bytes
+
+    with pytest.raises(RuntimeError):
+        atomic_write_bytes(path, boom)
+    assert load_checkpoint(path)["epoch"] == 2  # the old file is untouched
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a checkpoint at all", "not a readable checkpoint"),
+        (None, "not a readable checkpoint"),  # truncated
+        (pickle.dumps(Evil()), "not a readable checkpoint"),
+    ],
+)
+def test_bad_checkpoints_give_clear_errors(tmp_path, content, message, capsys):
+    path = tmp_path / "last.pt"
+    if content is None:
+        save_checkpoint(path, {"model": {"w": torch.randn(1000)}})
+        content = path.read_bytes()[:500]
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(path)
+    assert "pwned" not in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_foreign_torch_file_is_rejected(tmp_path):
+    torch.save({"weights": torch.ones(2)}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not a lowrankcnn checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_metrics_files(tmp_path):
+    rows = [{"epoch": i, "lr": 0.1, "train_loss": 1.0 / i, "test_acc": 0.5, "extra": math.pi} for i in (1, 2)]
+    write_metrics(tmp_path, rows)
+    assert read_metrics(tmp_path) == rows
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("epoch,lr,train_loss") and len(csv_lines) == 3
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{broken\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:2 is not valid JSON"):
+        read_metrics(tmp_path)
