@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
 import torch
 
+from .analysis import output_rank
 from .data import DATASETS, build_data
 from .demo import compare
 from .evaluate import evaluate
@@ -33,7 +35,7 @@ def _build_meta(name: str, args: argparse.Namespace) -> torch.nn.Module:
 def _profile_model(name: str, args: argparse.Namespace, convention: str, training: bool | None = None) -> ProfileResult:
     size = args.input_size or model_info(name).input_size
     training = args.training if training is None else training
-    return profile(_build_meta(name, args), size, convention=convention, training=training)
+    return profile(_build_meta(name, args), size, convention=convention, training=training, rank1_form=args.rank1_form)
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -98,6 +100,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     model_kwargs: dict[str, object] = {} if args.dropout is None else {"dropout": args.dropout}
     if args.bn:
         model_kwargs["bn"] = True
+    if args.rank1_scheme:
+        model_kwargs["rank1_scheme"] = args.rank1_scheme
     return TrainConfig(
         model=args.model or "",
         out=args.out,
@@ -180,6 +184,42 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"confusion matrix written to {args.confusion}")
 
 
+def cmd_rank(args: argparse.Namespace) -> None:
+    _set_threads(args)
+    model, config, state = load_trained_model(args.checkpoint)
+    data = build_data(
+        args.data or config.data,
+        args.data_dir or (config.data_dir if not args.data else None),
+        batch_size=args.images,
+        augment=False,
+        test_subset=args.images,
+        workers=0,
+        input_size=config.input_size,
+    )
+    images = torch.cat([x for x, _ in data.test])
+    rows = output_rank(model, images)
+    head = ("layer", "kind", "C_in", "C_out", "rank H[X]", "rank W", "rank Y", "min(H,W) bound", "paper bound")
+    body = [
+        [
+            r.name,
+            r.kind,
+            str(r.in_channels),
+            str(r.out_channels),
+            str(r.input_rank),
+            str(r.weight_rank),
+            str(r.output_rank),
+            f"{r.bound} {'ok' if r.bound_holds else 'VIOLATED'}",
+            "-" if r.paper_bound is None else f"{r.paper_bound} {'ok' if r.paper_bound_holds else 'exceeded'}",
+        ]
+        for r in rows
+    ]
+    print(
+        f"{config.model} (epoch {state['epoch']}): output ranks on {images.shape[0]} {data.name} test images "
+        f"({rows[0].positions if rows else 0} positions at the first layer)"
+    )
+    print(format_table(head, body, left=2))
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     plot_curves(args.runs, args.out)
     print(f"curves of {len(args.runs)} run(s) written to {args.out}")
@@ -210,6 +250,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
     p.add_argument("--width-mult", type=float, default=1.0, help="channel width multiplier (default 1.0)")
     p.add_argument("--training", action="store_true", help="count training-only parts (GoogLeNet's auxiliary heads)")
+    p.add_argument(
+        "--rank1-form",
+        choices=("decomposed", "assembled"),
+        default="decomposed",
+        help="count rank-1 layers as deployed (1-D chain, default) or as trained (assembled 3-D)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -265,12 +311,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=None, help="override the model's dropout")
     p.add_argument("--bn", action="store_true", help="batch norm after every conv (VGG and NiN; off in the papers)")
+    p.add_argument(
+        "--rank1-scheme",
+        choices=("factors", "projected"),
+        help="rank-1 models: train the 1-D factors (default) or the 3-D filters with re-projection",
+    )
+    p.add_argument(
+        "--project-every",
+        type=int,
+        default=1,
+        help="projected scheme: re-project every N epochs (or steps with --project-unit step)",
+    )
+    p.add_argument("--project-unit", choices=("epoch", "step"), default="epoch")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-subset", type=int, help="use the first N training images")
     p.add_argument("--test-subset", type=int, help="use the first N test images")
-    p.add_argument("--input-size", type=int, help="image size for imagefolder data (default 224)")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        help="image size: imagefolder crop (default 224); fashion-mnist/cifar: pad to this size",
+    )
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (imagefolder)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores, split among torchrun ranks)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -287,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--confusion", metavar="PNG", help="write a confusion-matrix image")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("rank", help="numerical rank of every conv layer's output next to the rank bounds")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", choices=DATASETS, help="dataset (default: the one it was trained on)")
+    p.add_argument("--data-dir")
+    p.add_argument("--images", type=int, default=32, help="test images to use (default 32)")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_rank)
 
     p = sub.add_parser("plot", help="accuracy / loss curves of one or more runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
@@ -311,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE"):  # `lowrankcnn ... | head` ends quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:

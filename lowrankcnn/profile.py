@@ -12,6 +12,11 @@ Counts are per image (the model is run on a batch of one). Rows are reported
 per *unit*: a zoo layer such as ``CompositeConv2d`` or ``SeparableConv2d`` is
 one row (its inner convs are summed), as is every other conv or linear layer.
 Models on the ``meta`` device are profiled without computing anything.
+
+``Rank1Conv2d`` layers are counted in one of two forms (``rank1_form``):
+``"decomposed"`` (as deployed: 1x1 conv at input resolution, depthwise k_h x 1,
+depthwise 1 x k_w, i.e. ``C_in + k_h + k_w`` MACs per output element at stride 1)
+or ``"assembled"`` (as trained: one dense conv, ``C_in * k_h * k_w``).
 """
 
 from __future__ import annotations
@@ -23,12 +28,22 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .layers import CompositeConv2d, SeparableConv2d
+from .layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
 from .tables import format_table
 
 Convention = Literal["standard", "paper"]
-UNIT_TYPES: tuple[type[nn.Module], ...] = (CompositeConv2d, SeparableConv2d, nn.Conv2d, nn.Linear)
+Rank1Form = Literal["decomposed", "assembled"]
+UNIT_TYPES: tuple[type[nn.Module], ...] = (
+    CompositeConv2d,
+    SeparableConv2d,
+    Rank1Conv2d,
+    ConsecutiveConv2d,
+    nn.Conv2d,
+    nn.Linear,
+)
 """Modules reported as one row each (outermost wins)."""
+LEAF_TYPES: tuple[type[nn.Module], ...] = (Rank1Conv2d, nn.Conv2d, nn.Linear)
+"""Modules whose MACs are counted directly."""
 
 
 @dataclass
@@ -53,6 +68,8 @@ class ProfileResult:
     params: int
     macs: int
     layers: list[LayerRow] = field(default_factory=list)
+    rank1_form: Rank1Form | None = None
+    """How rank-1 layers were counted; ``None`` when the model has none."""
 
     @property
     def flops(self) -> int:
@@ -75,6 +92,7 @@ class ProfileResult:
         title = (
             f"{self.model} @ {'x'.join(map(str, self.input_size))}, "
             f"MACs per image, {self.convention} convention (1 MAC = 2 FLOPs)"
+            + (f", rank-1 layers {self.rank1_form}" if self.rank1_form else "")
         )
         return title + "\n" + format_table(head, body, left=4)
 
@@ -95,10 +113,28 @@ def describe_kernel(module: nn.Module) -> str:
     return ""
 
 
-def leaf_macs(module: nn.Module, output: torch.Tensor, convention: Convention) -> int:
-    """MACs of one call of an ``nn.Conv2d`` / ``nn.Linear`` on a batch of ``output.shape[0]`` = 1."""
-    positions = output[0, 0].numel() if isinstance(module, nn.Conv2d) else output[0].numel() // output.shape[-1]
-    macs = module.weight.numel() * positions
+def rank1_macs(layer: Rank1Conv2d, input_hw: tuple[int, int], output_hw: tuple[int, int], form: Rank1Form) -> int:
+    """MACs of a rank-1 layer on one image, without bias."""
+    (kh, kw), (h_in, w_in), (h_out, w_out) = layer.kernel_size, input_hw, output_hw
+    c_in, c_out = layer.in_channels, layer.out_channels
+    if form == "assembled":
+        return c_out * c_in * kh * kw * h_out * w_out
+    return c_out * (c_in * h_in * w_in + kh * h_out * w_in + kw * h_out * w_out)
+
+
+def leaf_macs(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    output: torch.Tensor,
+    convention: Convention,
+    rank1_form: Rank1Form = "decomposed",
+) -> int:
+    """MACs of one call of a leaf (``nn.Conv2d``, ``nn.Linear``, ``Rank1Conv2d``) on a batch of one."""
+    if isinstance(module, Rank1Conv2d):
+        macs = rank1_macs(module, tuple(inputs[0].shape[-2:]), tuple(output.shape[-2:]), rank1_form)
+    else:
+        positions = output[0, 0].numel() if isinstance(module, nn.Conv2d) else output[0].numel() // output.shape[-1]
+        macs = module.weight.numel() * positions
     if convention == "paper" and module.bias is not None:
         macs += module.bias.numel()
     return macs
@@ -124,6 +160,7 @@ def profile(
     convention: Convention = "standard",
     in_chans: int | None = None,
     training: bool = False,
+    rank1_form: Rank1Form = "decomposed",
 ) -> ProfileResult:
     """Count parameters and MACs of ``model`` for one image.
 
@@ -134,6 +171,7 @@ def profile(
         in_chans: input channels when ``input_size`` has no channel axis;
             defaults to ``model.in_chans`` or 3.
         training: profile in training mode (e.g. to count GoogLeNet's auxiliary heads).
+        rank1_form: count ``Rank1Conv2d`` layers ``"decomposed"`` (deployed) or ``"assembled"`` (trained).
 
     Returns:
         ``ProfileResult`` with per-unit rows in execution order; a unit called
@@ -141,6 +179,8 @@ def profile(
     """
     if convention not in ("standard", "paper"):
         raise ValueError(f"profile: convention must be 'standard' or 'paper', got {convention!r}")
+    if rank1_form not in ("decomposed", "assembled"):
+        raise ValueError(f"profile: rank1_form must be 'decomposed' or 'assembled', got {rank1_form!r}")
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if len(size) == 2:
         size = (in_chans or getattr(model, "in_chans", 3), *size)
@@ -148,13 +188,13 @@ def profile(
         raise ValueError(f"profile: input_size must be S, (H, W) or (C, H, W) positive integers, got {input_size!r}")
 
     units = _units(model)
-    owner = {leaf: unit for unit in units for leaf in unit.modules() if isinstance(leaf, (nn.Conv2d, nn.Linear))}
+    owner = {leaf: unit for unit in units for leaf in unit.modules() if isinstance(leaf, LEAF_TYPES)}
     rows: list[LayerRow] = []
     pending: dict[nn.Module, int] = {}
 
-    def leaf_hook(module: nn.Module, _inp: object, output: torch.Tensor) -> None:
+    def leaf_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         unit = owner[module]
-        pending[unit] = pending.get(unit, 0) + leaf_macs(module, output, convention)
+        pending[unit] = pending.get(unit, 0) + leaf_macs(module, inputs, output, convention, rank1_form)
 
     def unit_hook(module: nn.Module, _inp: object, output: torch.Tensor) -> None:
         params = sum(p.numel() for p in module.parameters())
@@ -184,4 +224,7 @@ def profile(
             h.remove()
     name = getattr(model, "model_name", type(model).__name__)
     total_params = sum(p.numel() for p in model.parameters())
-    return ProfileResult(name, size, convention, total_params, sum(r.macs for r in rows), rows)
+    has_rank1 = any(isinstance(m, Rank1Conv2d) for m in model.modules())
+    return ProfileResult(
+        name, size, convention, total_params, sum(r.macs for r in rows), rows, rank1_form if has_rank1 else None
+    )

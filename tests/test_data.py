@@ -412,8 +412,21 @@ def test_subsets_and_argument_checks(fmnist_dir):
     assert sorted(torch.cat([y for _, y in bundle.train]).tolist()) != list(range(8))  # shuffled within the subset
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         build_data("mnist", str(fmnist_dir))
-    with pytest.raises(ValueError, match="input_size=32"):
-        build_data("fashion-mnist", str(fmnist_dir), input_size=32)
+    with pytest.raises(ValueError, match="input_size=27"):
+        build_data("fashion-mnist", str(fmnist_dir), input_size=27)
+    with pytest.raises(ValueError, match="input_size=31"):
+        build_data("fashion-mnist", str(fmnist_dir), input_size=31)
+
+
+def test_padding_to_a_larger_input_size(fmnist_dir):
+    native = build_data("fashion-mnist", str(fmnist_dir), batch_size=4, augment=False, test_subset=4)
+    padded = build_data("fashion-mnist", str(fmnist_dir), batch_size=4, augment=False, test_subset=4, input_size=32)
+    assert padded.input_size == 32
+    (x28, _), (x32, _) = next(iter(native.test)), next(iter(padded.test))
+    assert x32.shape[-2:] == (32, 32)
+    assert torch.equal(x32[..., 2:30, 2:30], x28)
+    background = (0 - 0.2860) / 0.3530  # a zero pixel, normalized
+    assert torch.allclose(x32[..., :2, :], torch.full_like(x32[..., :2, :], background))
 
 
 @pytest.mark.parametrize("variant", ["cifar10", "cifar100"])

@@ -84,8 +84,10 @@ def build_data(
         train_subset, test_subset: keep only the first K samples (image folders: K evenly spaced ones, since their
             samples are sorted by class).
         workers: DataLoader worker processes decoding image folders (in-memory datasets ignore it).
-        input_size: the square input side; in-memory datasets only accept their native size (28 / 32), image
-            folders default to 224 (shorter side resized to ``round(input_size * 256 / 224)`` first).
+        input_size: the square input side. In-memory datasets accept their native size (28 / 32) or a larger
+            one, reached by zero-padding every image equally on all sides (e.g. Fashion-MNIST at 32 for the
+            CIFAR-shaped nets); image folders default to 224 (shorter side resized to
+            ``round(input_size * 256 / 224)`` first).
         eval_batch_size: the global test batch (default ``batch_size``); each rank evaluates
             ``max(1, eval_batch_size // world_size)`` samples at a time.
         in_chans: image folders decode to RGB (3, default) or grayscale (1); in-memory datasets only accept their own.
@@ -114,13 +116,18 @@ def build_data(
         )
 
     spec = TENSOR_SPECS[name]
-    if input_size not in (None, spec.input_size) or in_chans not in (None, spec.in_chans):
+    size = spec.input_size if input_size is None else input_size
+    if size < spec.input_size or (size - spec.input_size) % 2 or in_chans not in (None, spec.in_chans):
         raise ValueError(
             f"{name}: its images are {spec.in_chans}x{spec.input_size}x{spec.input_size}; got input_size={input_size}, "
-            f"in_chans={in_chans} (leave them unset)"
+            f"in_chans={in_chans}. Leave in_chans unset; input_size may be {spec.input_size} or larger by an even "
+            "amount (zero-padded)"
         )
+    pad = (size - spec.input_size) // 2
     train_x, train_y = _load_tensors(name, data_dir, train=True)
     test_x, test_y = _load_tensors(name, data_dir, train=False)
+    if pad:
+        train_x, test_x = (torch.nn.functional.pad(x, (pad, pad, pad, pad)) for x in (train_x, test_x))
     train_x, train_y = train_x[:train_subset], train_y[:train_subset]
     test_x, test_y = test_x[:test_subset], test_y[:test_subset]
     train_aug = BatchAugment(spec.mean, spec.std, spec.crop_padding if augment else 0, spec.flip and augment)
@@ -135,7 +142,7 @@ def build_data(
         test=TensorSource(test_x, test_y, normalize, eval_batch_size, train=False, **sharding),
         num_classes=len(class_names),
         in_chans=spec.in_chans,
-        input_size=spec.input_size,
+        input_size=size,
         class_names=class_names,
     )
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .composite import CompositeConv2d
+from .rank1 import Rank1Conv2d
 
 InitMode = Literal["fan_out", "fan_in"]
 
@@ -61,7 +62,9 @@ def init_composite_(module: nn.Module, mode: InitMode = "fan_out", gain: float =
 
     Composite layers get the shared-``n_hat`` rule of SPEC §1.2 for their basis
     groups and plain He init for their join; every other ``nn.Conv2d`` gets
-    plain He init with the same ``mode``, and ``nn.Linear`` gets He fan-in. Biases are zeroed;
+    plain He init with the same ``mode``, and ``nn.Linear`` gets He fan-in.
+    ``Rank1Conv2d`` layers are reset so their assembled filters have the He
+    variance of the equivalent dense conv. Biases are zeroed;
     batch-norm layers are reset to weight 1, bias 0.
     """
     if mode not in ("fan_out", "fan_in"):
@@ -72,6 +75,8 @@ def init_composite_(module: nn.Module, mode: InitMode = "fan_out", gain: float =
             for conv, n_hat in zip(sub.groups, composite_fan(sub, mode), strict=True):
                 _normal_(conv, n_hat, gain)
                 handled.add(conv)
+        elif isinstance(sub, Rank1Conv2d):
+            sub.reset_parameters(mode)
         elif isinstance(sub, (nn.Conv2d, nn.Linear)) and sub not in handled:
             _normal_(sub, _plain_fan(sub, mode), gain)
         elif isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.affine:

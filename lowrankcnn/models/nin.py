@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
 
-from ..layers import CompositeConv2d
+from ..layers import CompositeConv2d, Rank1Conv2d
 from ._common import check_input
 from .registry import register_model, scale_width
 
@@ -31,6 +32,11 @@ def lowrank_conv(c: int, d: int, k: int) -> nn.Module:
     """Composite k x 1, D/2 | 1 x k, D/2 (D out)."""
     half = max(1, d // 2)
     return CompositeConv2d(c, [(k, 1, half), (1, k, d - half)])
+
+
+def rank1_conv(c: int, d: int, k: int, scheme: str = "factors") -> nn.Module:
+    """A rank-1 k x k conv (Kim et al.)."""
+    return Rank1Conv2d(c, d, k, scheme=scheme)
 
 
 class NiN(nn.Module):
@@ -125,3 +131,12 @@ def nin_c3_lr(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0,
     return NiN(
         lowrank_conv, lowrank_conv, lowrank_conv, lowrank_conv, (3, 3, 3), num_classes, in_chans, width_mult, **kwargs
     )
+
+
+@register_model(30, 10)
+def nin_rank1(
+    num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, rank1_scheme: str = "factors", **kwargs
+) -> NiN:
+    """NiN with its 5x5, 5x5 and 3x3 convs rank-1 (the 1x1 cccp layers are unchanged)."""
+    conv = partial(rank1_conv, scheme=rank1_scheme)
+    return NiN(conv, conv, None, conv, (5, 5, 3), num_classes, in_chans, width_mult, **kwargs)

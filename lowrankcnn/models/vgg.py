@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
 
-from ..layers import CompositeConv2d, SeparableConv2d
+from ..layers import CompositeConv2d, Rank1Conv2d, SeparableConv2d
 from ._common import check_input
 from .registry import register_model, scale_width
 
@@ -72,6 +73,11 @@ def lde_rule(c: int, d: int, stride: int) -> nn.Module:
     """3x1, 3D/4 | 1x3, 3D/4 | 3x3, D/4 -> 1x1, D/2."""
     basis = [(3, 1, _n(3 * d / 4)), (1, 3, _n(3 * d / 4)), (3, 3, _n(d / 4))]
     return CompositeConv2d(c, basis, stride, join=_n(d / 2))
+
+
+def rank1_rule(c: int, d: int, stride: int, scheme: str = "factors") -> nn.Module:
+    """Rank-1 3x3, D (Kim et al.): every filter an outer product of 1-D vectors."""
+    return Rank1Conv2d(c, d, 3, stride, scheme=scheme)
 
 
 class VGG(nn.Module):
@@ -192,3 +198,11 @@ def vgg11_gmp_lr_join_wfull(num_classes: int = 1000, in_chans: int = 3, width_mu
 def vgg11_gmp_lr_lde(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """Low-dimensional embedding: 3x1, 3D/4 | 1x3, 3D/4 | 3x3, D/4 -> 1x1, D/2; conv1 stride 2."""
     return VGG(lde_rule, num_classes, in_chans, width_mult, conv1_stride=2, **kwargs)
+
+
+@register_model(224, 1000)
+def vgg11_gmp_rank1(
+    num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, rank1_scheme: str = "factors", **kwargs
+) -> VGG:
+    """vgg11_gmp with every 3x3 conv a rank-1 conv (``rank1_scheme``: "factors" or "projected")."""
+    return VGG(partial(rank1_rule, scheme=rank1_scheme), num_classes, in_chans, width_mult, **kwargs)

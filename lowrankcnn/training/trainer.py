@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..data import DataBundle, build_data
 from ..distributed import DistInfo, all_reduce_sum, setup, teardown
 from ..evaluate import evaluate, main_logits
+from ..layers import Rank1Conv2d
 from ..models import create_model
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .metrics import write_metrics
@@ -66,6 +67,8 @@ class TrainConfig:
     input_size: int | None = None
     workers: int = 2
     device: str = "auto"
+    project_every: int = 1
+    project_unit: str = "epoch"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -77,6 +80,11 @@ class TrainConfig:
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.project_every < 1 or self.project_unit not in ("epoch", "step"):
+            raise ValueError(
+                f"--project-every must be >= 1 and --project-unit 'epoch' or 'step', got "
+                f"{self.project_every} {self.project_unit!r}"
+            )
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -180,6 +188,9 @@ class Trainer:
         self.best_acc = -1.0
         if checkpoint is not None:
             self._restore(checkpoint)
+        self.projected_layers = [
+            m for m in self.model.modules() if isinstance(m, Rank1Conv2d) and m.scheme == "projected"
+        ]
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -223,6 +234,11 @@ class Trainer:
             )
         return F.cross_entropy(output, target, label_smoothing=smoothing)
 
+    def project(self) -> None:
+        """Re-project every ``projected`` rank-1 layer onto rank-1 filters (identically on every rank)."""
+        for module in self.projected_layers:
+            module.project_()
+
     def on_step_end(self, epoch: int, step: int) -> None:
         """Hook called after every optimizer step (no-op; subclasses may override)."""
 
@@ -257,6 +273,8 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.schedule.step()
+            if c.project_unit == "step" and self.schedule.step_count % c.project_every == 0:
+                self.project()
             n = y.numel()
             loss_sum += loss.item() * n
             correct += (main_logits(output).argmax(1) == y).sum().item()
@@ -290,6 +308,9 @@ class Trainer:
                 start = time.perf_counter()
                 lr = self.schedule.lr
                 row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": lr, **self.train_epoch()}
+                last = self.epoch + 1 == c.epochs
+                if last or (c.project_unit == "epoch" and (self.epoch + 1) % c.project_every == 0):
+                    self.project()  # always after the last step: trained layers are exactly rank-1
                 result = evaluate(
                     self.model,
                     self.data.test,

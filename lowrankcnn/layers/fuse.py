@@ -1,0 +1,69 @@
+"""Equivalent dense convolutions of the factorized layers.
+
+Every layer here is linear up to its bias, so it equals one ``nn.Conv2d``
+whose ``(C_out, C_in, k_h, k_w)`` weight is the composed filters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .composite import CompositeConv2d
+from .rank1 import ConsecutiveConv2d, Rank1Conv2d, assemble
+from .separable import SeparableConv2d
+
+FUSABLE: tuple[type[nn.Module], ...] = (nn.Conv2d, CompositeConv2d, SeparableConv2d, Rank1Conv2d, ConsecutiveConv2d)
+
+
+def dense_filters(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int], tuple[int, int]]:
+    """``(weight, bias, stride, padding)`` of the one dense conv equal to ``module``.
+
+    Raises ``ValueError`` for a grouped ``nn.Conv2d`` or any other module type. For a
+    ``SeparableConv2d`` whose 1xk conv has a bias the returned bias is exact only away from the
+    top and bottom borders (that bias meets the kx1 conv's zero padding there);
+    ``equivalent_dense_conv`` refuses such a layer.
+    """
+    if isinstance(module, CompositeConv2d):
+        weight, bias = module.dense_weight()
+        kh, kw = module.kernel_size
+        return weight, bias, (module.stride, module.stride), ((kh - 1) // 2, (kw - 1) // 2)
+    if isinstance(module, Rank1Conv2d):
+        return module.assembled_weight(), module.bias, module.stride, module.padding
+    if isinstance(module, ConsecutiveConv2d):
+        t = module.channel.weight[:, :, 0, 0]
+        q, p = module.vertical.weight[:, 0, :, 0], module.horizontal.weight[:, 0, 0, :]
+        stride = (module.vertical.stride[0], module.horizontal.stride[1])
+        padding = (module.vertical.padding[0], module.horizontal.padding[1])
+        return assemble(t, q, p), module.horizontal.bias, stride, padding
+    if isinstance(module, SeparableConv2d):
+        h, v = module.horizontal, module.vertical  # (D, C, 1, k) then (D, D, k, 1)
+        weight = torch.einsum("omy,mcx->ocyx", v.weight[:, :, :, 0], h.weight[:, :, 0, :])
+        bias = None
+        if h.bias is not None or v.bias is not None:
+            bias = v.bias if v.bias is not None else torch.zeros_like(h.bias)
+            if h.bias is not None:
+                bias = bias + v.weight.sum(dim=(2, 3)) @ h.bias  # the 1xk bias passes through the kx1 conv
+        return weight, bias, (v.stride[0], h.stride[1]), (v.padding[0], h.padding[1])
+    if isinstance(module, nn.Conv2d) and module.groups == 1 and module.dilation == (1, 1):
+        if isinstance(module.padding, str):
+            raise ValueError(f"dense_filters: string padding {module.padding!r} is not supported")
+        return module.weight, module.bias, module.stride, module.padding
+    raise ValueError(f"dense_filters: no dense equivalent for {type(module).__name__}")
+
+
+@torch.no_grad()
+def equivalent_dense_conv(module: nn.Module) -> nn.Conv2d:
+    """An ``nn.Conv2d`` computing exactly what ``module`` computes (the fused deploy form)."""
+    if isinstance(module, SeparableConv2d) and module.horizontal.bias is not None and module.horizontal.bias.any():
+        raise ValueError(
+            "equivalent_dense_conv: this SeparableConv2d's 1xk conv has a non-zero bias, which the kx1 conv's "
+            "zero padding cuts off at the borders, so no single conv equals it; keep it factorized"
+        )
+    weight, bias, stride, padding = dense_filters(module)
+    o, c, kh, kw = weight.shape
+    conv = nn.Conv2d(c, o, (kh, kw), stride, padding, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    conv.weight.copy_(weight)
+    if bias is not None:
+        conv.bias.copy_(bias)
+    return conv

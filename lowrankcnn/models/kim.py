@@ -1,0 +1,181 @@
+"""The rank-1 networks released with Kim et al. (2018), and their dense and consecutive-1-D twins (SPEC §2.2).
+
+Each net comes in three conv flavours with identical channel counts:
+
+* ``rank1``: ``Rank1Conv2d`` with the authors' shared spatial vectors (``C_out = num**2``);
+* ``dense``: ordinary 3x3 convs;
+* ``flat``: ``ConsecutiveConv2d`` (1x1 -> depthwise 3x1 -> depthwise 1x3 trained as separate layers).
+
+CIFAR-10 net (input 32x32): conv 3->64 -> conv 64->64 -> pool -> 64->144 -> 144->144 -> pool ->
+144->256 -> 256->256 -> pool -> fc 4096->1024 -> fc 1024->512 -> fc 512->10. Each conv has a bias
+and a ReLU; the first conv of each pair is followed by batch norm (after the ReLU, as in the
+authors' code); dropout 0.5 after each pool and hidden FC.
+
+MNIST net (input 28x28): convs 1->64->64, pool, 64->144->144, pool, 144->256->256->256, with no
+bias, activation or normalization (the conv stack is linear, as released), then
+fc 12544->2048->1024->10 with batch norm, ReLU and dropout 0.5 after the hidden FCs.
+
+The released code kept dropout on at test time; here ``nn.Dropout`` is off in eval mode.
+``width_mult`` scales channels by scaling ``num`` by ``sqrt(width_mult)`` (channels stay squares).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..layers import ConsecutiveConv2d, Rank1Conv2d
+from ._common import check_input
+from .registry import register_model, scale_width
+
+ConvFactory = Callable[[int, int, bool], nn.Module]
+"""``(in_channels, out_channels, bias) -> 3x3 conv module``."""
+
+
+def conv_factory(kind: str, rank1_scheme: str = "factors") -> ConvFactory:
+    """The 3x3 conv of a flavour: ``"rank1"``, ``"dense"`` or ``"flat"``."""
+    if kind == "rank1":
+        return lambda c, d, bias: Rank1Conv2d(c, d, 3, bias=bias, scheme=rank1_scheme, shared_spatial=True)
+    if kind == "dense":
+        return lambda c, d, bias: nn.Conv2d(c, d, 3, padding=1, bias=bias)
+    if kind == "flat":
+        return lambda c, d, bias: ConsecutiveConv2d(c, d, 3, bias=bias)
+    raise ValueError(f"unknown conv flavour {kind!r}")
+
+
+def _square_width(num: int, width_mult: float) -> int:
+    """``num'**2`` with ``num' = round(num * sqrt(width_mult))``: channels stay perfect squares."""
+    return max(1, int(round(num * math.sqrt(width_mult)))) ** 2
+
+
+class KimCifarNet(nn.Module):
+    """The authors' CIFAR-10 network. Input ``(N, in_chans, input_size, input_size)``, output ``(N, num_classes)``."""
+
+    def __init__(
+        self,
+        conv: ConvFactory,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        width_mult: float = 1.0,
+        input_size: int = 32,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.in_chans, self.input_size = in_chans, input_size
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        c = in_chans
+        for stage, num in enumerate((8, 12, 16), start=1):
+            d = _square_width(num, width_mult)
+            layers[f"conv{stage}a"] = conv(c, d, True)
+            layers[f"relu{stage}a"] = nn.ReLU(inplace=True)
+            layers[f"bn{stage}a"] = nn.BatchNorm2d(d)
+            layers[f"conv{stage}b"] = conv(d, d, True)
+            layers[f"relu{stage}b"] = nn.ReLU(inplace=True)
+            layers[f"pool{stage}"] = nn.MaxPool2d(2)
+            layers[f"drop{stage}"] = nn.Dropout(dropout)
+            c = d
+        self.features = nn.Sequential(layers)
+        side = input_size // 8
+        h1, h2 = scale_width(1024, width_mult), scale_width(512, width_mult)
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                fc1=nn.Linear(c * side * side, h1),
+                relu1=nn.ReLU(inplace=True),
+                drop1=nn.Dropout(dropout),
+                fc2=nn.Linear(h1, h2),
+                relu2=nn.ReLU(inplace=True),
+                drop2=nn.Dropout(dropout),
+                fc3=nn.Linear(h2, num_classes),
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, getattr(self, "model_name", "KimCifarNet"), self.in_chans, 8)
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            raise ValueError(
+                f"{getattr(self, 'model_name', 'KimCifarNet')}: built for {self.input_size}x{self.input_size} "
+                f"inputs (its fc1 size depends on it), got {tuple(x.shape[-2:])}; pass input_size= to create_model"
+            )
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class KimMnistNet(nn.Module):
+    """The authors' MNIST network (linear conv stack). Input ``(N, in_chans, 28, 28)``."""
+
+    def __init__(
+        self,
+        conv: ConvFactory,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        width_mult: float = 1.0,
+        input_size: int = 28,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.in_chans, self.input_size = in_chans, input_size
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        c = in_chans
+        for stage, (num, repeats) in enumerate(((8, 2), (12, 2), (16, 3)), start=1):
+            d = _square_width(num, width_mult)
+            for r in range(repeats):
+                layers[f"conv{stage}{'abc'[r]}"] = conv(c, d, False)
+                c = d
+            if stage < 3:
+                layers[f"pool{stage}"] = nn.MaxPool2d(2)
+        self.features = nn.Sequential(layers)
+        side = input_size // 4
+        h1, h2 = scale_width(2048, width_mult), scale_width(1024, width_mult)
+
+        def hidden(i: int, n_in: int, n_out: int) -> list[tuple[str, nn.Module]]:
+            return [
+                (f"fc{i}", nn.Linear(n_in, n_out)),
+                (f"bn{i}", nn.BatchNorm1d(n_out)),
+                (f"relu{i}", nn.ReLU(inplace=True)),
+                (f"drop{i}", nn.Dropout(dropout)),
+            ]
+
+        self.classifier = nn.Sequential(
+            OrderedDict([*hidden(1, c * side * side, h1), *hidden(2, h1, h2), ("fc3", nn.Linear(h2, num_classes))])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, getattr(self, "model_name", "KimMnistNet"), self.in_chans, 4)
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            raise ValueError(
+                f"{getattr(self, 'model_name', 'KimMnistNet')}: built for {self.input_size}x{self.input_size} "
+                f"inputs, got {tuple(x.shape[-2:])}; pass input_size= to create_model"
+            )
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+_CIFAR_NOTE = (
+    "Authors' released notebook (SPEC §2.2): best logged test accuracy; their code kept dropout on at test "
+    "time and measured accuracy on random batches, so treat it as approximate."
+)
+
+
+def _register_family(net: type[nn.Module], dataset: str, size: int, chans: int, published: dict[str, dict]) -> None:
+    for kind in ("rank1", "dense", "flat"):
+        name = f"kim_{kind}_{dataset}"
+
+        def builder(
+            num_classes: int = 10,
+            in_chans: int = chans,
+            width_mult: float = 1.0,
+            rank1_scheme: str = "factors",
+            _kind: str = kind,
+            **kwargs,
+        ) -> nn.Module:
+            return net(conv_factory(_kind, rank1_scheme), num_classes, in_chans, width_mult, **kwargs)
+
+        builder.__name__ = name
+        builder.__doc__ = f"Kim et al.'s {dataset.upper()} net with {kind} 3x3 convs ({net.__doc__.splitlines()[0]})"
+        register_model(size, 10, published.get(kind, {}), _CIFAR_NOTE)(builder)
+
+
+_register_family(KimCifarNet, "cifar10", 32, 3, {"rank1": {"top1": 0.8388}, "dense": {"top1": 0.8643}})
+_register_family(KimMnistNet, "mnist", 28, 1, {"rank1": {"top1": 0.9923}})
