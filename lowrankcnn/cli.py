@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .analysis import output_rank
-from .data import DATASETS, build_data
+from .data import DATASETS, DataBundle, build_data
 from .demo import compare
 from .evaluate import evaluate
 from .models import create_model, list_models, model_info
@@ -156,24 +156,32 @@ def cmd_train(args: argparse.Namespace) -> None:
         )
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+def _trained_model_and_test_data(
+    args: argparse.Namespace, batch_size: int, subset: int | None, workers: int
+) -> tuple[torch.nn.Module, TrainConfig, dict, DataBundle]:
+    """The checkpoint's model and the test set it is evaluated on (``--data`` or the one it was trained on)."""
     _set_threads(args)
     model, config, state = load_trained_model(args.checkpoint)
-    info = state["data_info"]
     data = build_data(
         args.data or config.data,
         args.data_dir or (config.data_dir if not args.data else None),
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         augment=False,
-        test_subset=args.test_subset,
-        workers=args.workers,
+        test_subset=subset,
+        workers=workers,
         input_size=config.input_size,
     )
+    info = state["data_info"]
     if (data.num_classes, data.in_chans) != (info["num_classes"], info["in_chans"]):
         raise CLIError(
             f"{args.checkpoint} was trained on {info['name']} ({info['num_classes']} classes, {info['in_chans']} "
             f"channels) but --data {data.name} has {data.num_classes} classes, {data.in_chans} channels"
         )
+    return model, config, state, data
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    model, config, state, data = _trained_model_and_test_data(args, args.batch_size, args.test_subset, args.workers)
     result = evaluate(model, data.test, data.num_classes, confusion=bool(args.confusion))
     print(
         f"{config.model} (epoch {state['epoch']}) on {data.name} test, {result.n} images: "
@@ -185,17 +193,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_rank(args: argparse.Namespace) -> None:
-    _set_threads(args)
-    model, config, state = load_trained_model(args.checkpoint)
-    data = build_data(
-        args.data or config.data,
-        args.data_dir or (config.data_dir if not args.data else None),
-        batch_size=args.images,
-        augment=False,
-        test_subset=args.images,
-        workers=0,
-        input_size=config.input_size,
-    )
+    model, config, state, data = _trained_model_and_test_data(args, args.images, args.images, 0)
     images = torch.cat([x for x, _ in data.test])
     rows = output_rank(model, images)
     head = ("layer", "kind", "C_in", "C_out", "rank H[X]", "rank W", "rank Y", "min(H,W) bound", "paper bound")

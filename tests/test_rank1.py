@@ -50,6 +50,9 @@ def test_deploy_equals_3d_form(scheme, c_in, c_out, k, stride, shared):
     y = layer(x)
     assert y.shape == deployed(x).shape
     assert rel_err(deployed(x), y) < 1e-5
+    fused = layer.deploy(fuse_spatial=True)
+    assert len(fused) == 2 and fused[1].groups == c_out
+    assert rel_err(fused(x), y) < 1e-5
 
 
 def test_deploy_is_sensitive_to_a_wrong_factor():

@@ -172,3 +172,20 @@ def test_projected_training_leaves_exact_rank1_filters(tmp_path, unit):
     assert len(calls) == (1 + 4 // 3 if unit == "step" else 1)  # every 3 steps (4 steps) + after the last
     layers = [m for m in trainer.model.modules() if isinstance(m, Rank1Conv2d)]
     assert layers and max(_max_second_singular_ratio(m) for m in layers) < 1e-5
+
+
+@pytest.mark.parametrize("form", ["fused", "chain"])
+def test_model_deploy_matches_and_leaves_original(form):
+    from lowrankcnn.deploy import deploy
+
+    model = create_model("kim_rank1_cifar10", in_chans=1, width_mult=0.25).eval()
+    deployed = deploy(model, rank1=form)
+    assert not any(isinstance(m, Rank1Conv2d) for m in deployed.modules())
+    assert any(isinstance(m, Rank1Conv2d) for m in model.modules())
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        assert rel_err(deployed(x), model(x)) < 1e-4
+    counts = profile(deployed, 32)  # standard convs only: the profile counts what actually runs
+    assert counts.rank1_form is None and counts.params < profile(model, 32).params + 10_000
+    with pytest.raises(ValueError, match="rank1 must be one of"):
+        deploy(model, rank1="dense")

@@ -44,6 +44,12 @@ def _pair(value: int | tuple[int, int], what: str, layer: str) -> tuple[int, int
     return pair  # type: ignore[return-value]
 
 
+def _check_channels(layer: str, in_channels: int, out_channels: int) -> None:
+    for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{layer}: {arg} must be a positive integer, got {value!r}")
+
+
 def assemble(t: torch.Tensor, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """Filters ``(C_out, C_in, k_h, k_w)`` from factors ``t (C_out, C_in)``, ``q (C_out, k_h)``, ``p (C_out, k_w)``."""
     return t[:, :, None, None] * (q[:, :, None] * p[:, None, :])[:, None]
@@ -132,9 +138,7 @@ class Rank1Conv2d(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}: {arg} must be a positive integer, got {value!r}")
+        _check_channels(name, in_channels, out_channels)
         if scheme not in SCHEMES:
             raise ValueError(f"{name}: scheme must be 'factors' or 'projected', got {scheme!r}")
         self.in_channels, self.out_channels, self.scheme = in_channels, out_channels, scheme
@@ -237,22 +241,36 @@ class Rank1Conv2d(nn.Module):
         return F.conv2d(x, self.assembled_weight(), self.bias, self.stride, self.padding)
 
     @torch.no_grad()
-    def deploy(self) -> nn.Sequential:
-        """Standard modules computing this layer: 1x1 -> depthwise k_h x 1 -> depthwise 1 x k_w (+ bias)."""
+    def deploy(self, fuse_spatial: bool = False) -> nn.Sequential:
+        """Standard modules computing this layer exactly.
+
+        Default: 1x1 conv (C_in -> C_out) -> depthwise k_h x 1 (vertical stride) -> depthwise
+        1 x k_w (horizontal stride, + bias), ``C_in + k_h + k_w`` MACs per output at stride 1.
+        ``fuse_spatial=True``: 1x1 conv -> one depthwise k_h x k_w conv holding ``q ⊗ p`` (+ bias):
+        ``k_h * k_w`` instead of ``k_h + k_w`` spatial MACs, but one pass over memory instead of
+        two, which is faster on CPUs (see ``benchmarks/``).
+        """
         t, q, p = (f.detach() for f in self.factors())
         kh, kw = self.kernel_size
         (sh, sw), (ph, pw) = self.stride, self.padding
         c, o = self.in_channels, self.out_channels
         kwargs = {"device": t.device, "dtype": t.dtype}
+        has_bias = self.bias is not None
         channel = nn.Conv2d(c, o, 1, bias=False, **kwargs)
-        vertical = nn.Conv2d(o, o, (kh, 1), (sh, 1), (ph, 0), groups=o, bias=False, **kwargs)
-        horizontal = nn.Conv2d(o, o, (1, kw), (1, sw), (0, pw), groups=o, bias=self.bias is not None, **kwargs)
         channel.weight.copy_(t[:, :, None, None])
-        vertical.weight.copy_(q[:, None, :, None])
-        horizontal.weight.copy_(p[:, None, None, :])
-        if self.bias is not None:
-            horizontal.bias.copy_(self.bias)
-        return nn.Sequential(channel, vertical, horizontal)
+        if fuse_spatial:
+            spatial = nn.Conv2d(o, o, (kh, kw), (sh, sw), (ph, pw), groups=o, bias=has_bias, **kwargs)
+            spatial.weight.copy_((q[:, :, None] * p[:, None, :])[:, None])
+            layers = [channel, spatial]
+        else:
+            vertical = nn.Conv2d(o, o, (kh, 1), (sh, 1), (ph, 0), groups=o, bias=False, **kwargs)
+            spatial = nn.Conv2d(o, o, (1, kw), (1, sw), (0, pw), groups=o, bias=has_bias, **kwargs)
+            vertical.weight.copy_(q[:, None, :, None])
+            spatial.weight.copy_(p[:, None, None, :])
+            layers = [channel, vertical, spatial]
+        if has_bias:
+            spatial.bias.copy_(self.bias)
+        return nn.Sequential(*layers)
 
     def describe(self) -> str:
         kh, kw = self.kernel_size
@@ -282,9 +300,7 @@ class ConsecutiveConv2d(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}: {arg} must be a positive integer, got {value!r}")
+        _check_channels(name, in_channels, out_channels)
         kh, kw = _pair(kernel_size, "kernel_size", name)
         sh, sw = _pair(stride, "stride", name)
         self.in_channels, self.out_channels = in_channels, out_channels

@@ -52,8 +52,31 @@ def _square_width(num: int, width_mult: float) -> int:
     return max(1, int(round(num * math.sqrt(width_mult)))) ** 2
 
 
-class KimCifarNet(nn.Module):
-    """The authors' CIFAR-10 network. Input ``(N, in_chans, input_size, input_size)``, output ``(N, num_classes)``."""
+class _FixedInputNet(nn.Module):
+    """A ``features -> flatten -> classifier`` net whose first FC layer fixes the input size."""
+
+    in_chans: int
+    input_size: int
+    min_size = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        name = getattr(self, "model_name", type(self).__name__)
+        check_input(x, name, self.in_chans, self.min_size)
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            raise ValueError(
+                f"{name}: built for {self.input_size}x{self.input_size} inputs (its fc1 size depends on it), "
+                f"got {tuple(x.shape[-2:])}; pass input_size= to create_model"
+            )
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class KimCifarNet(_FixedInputNet):
+    """The authors' CIFAR-10 network. Input ``(N, in_chans, input_size, input_size)``, output ``(N, num_classes)``.
+
+    ``bn=False`` drops the three batch-norm layers (for the trainability experiment).
+    """
+
+    min_size = 8
 
     def __init__(
         self,
@@ -63,6 +86,7 @@ class KimCifarNet(nn.Module):
         width_mult: float = 1.0,
         input_size: int = 32,
         dropout: float = 0.5,
+        bn: bool = True,
     ) -> None:
         super().__init__()
         self.in_chans, self.input_size = in_chans, input_size
@@ -72,7 +96,8 @@ class KimCifarNet(nn.Module):
             d = _square_width(num, width_mult)
             layers[f"conv{stage}a"] = conv(c, d, True)
             layers[f"relu{stage}a"] = nn.ReLU(inplace=True)
-            layers[f"bn{stage}a"] = nn.BatchNorm2d(d)
+            if bn:
+                layers[f"bn{stage}a"] = nn.BatchNorm2d(d)
             layers[f"conv{stage}b"] = conv(d, d, True)
             layers[f"relu{stage}b"] = nn.ReLU(inplace=True)
             layers[f"pool{stage}"] = nn.MaxPool2d(2)
@@ -93,17 +118,8 @@ class KimCifarNet(nn.Module):
             )
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, getattr(self, "model_name", "KimCifarNet"), self.in_chans, 8)
-        if x.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(
-                f"{getattr(self, 'model_name', 'KimCifarNet')}: built for {self.input_size}x{self.input_size} "
-                f"inputs (its fc1 size depends on it), got {tuple(x.shape[-2:])}; pass input_size= to create_model"
-            )
-        return self.classifier(torch.flatten(self.features(x), 1))
 
-
-class KimMnistNet(nn.Module):
+class KimMnistNet(_FixedInputNet):
     """The authors' MNIST network (linear conv stack). Input ``(N, in_chans, 28, 28)``."""
 
     def __init__(
@@ -141,15 +157,6 @@ class KimMnistNet(nn.Module):
         self.classifier = nn.Sequential(
             OrderedDict([*hidden(1, c * side * side, h1), *hidden(2, h1, h2), ("fc3", nn.Linear(h2, num_classes))])
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, getattr(self, "model_name", "KimMnistNet"), self.in_chans, 4)
-        if x.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(
-                f"{getattr(self, 'model_name', 'KimMnistNet')}: built for {self.input_size}x{self.input_size} "
-                f"inputs, got {tuple(x.shape[-2:])}; pass input_size= to create_model"
-            )
-        return self.classifier(torch.flatten(self.features(x), 1))
 
 
 _CIFAR_NOTE = (

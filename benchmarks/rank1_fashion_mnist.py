@@ -1,0 +1,173 @@
+"""Rank-1 CNNs on full Fashion-MNIST (issue 4's experiments).
+
+1. Same budget and recipe for Kim et al.'s CIFAR net (Fashion-MNIST zero-padded to 32x32):
+   dense vs rank-1 "factors" vs rank-1 "projected" vs consecutive 1-D layers. Table: test accuracy,
+   params, MACs (assembled and decomposed), training images/s, and inference images/s of the
+   deployed form at batch 64 (all deployed models timed interleaved in this process).
+2. Trainability: rank-1 vs consecutive 1-D without batch norm.
+
+    python benchmarks/rank1_fashion_mnist.py --width-mult 0.25 --epochs 6
+
+Targets: rank-1 training <= 1.3x the dense twin's time per epoch; deployed rank-1 inference at
+batch 64 >= 3x faster than the dense twin; rank-1 accuracy within 1.5 pp of dense.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from lowrankcnn.deploy import deploy
+from lowrankcnn.plot import plot_curves
+from lowrankcnn.profile import profile
+from lowrankcnn.tables import format_table, markdown_table
+from lowrankcnn.timing import inference_fn, interleaved
+from lowrankcnn.training import TrainConfig, Trainer
+from lowrankcnn.training.checkpoint import atomic_write_text
+
+VARIANTS = {  # label -> (model, model kwargs)
+    "dense": ("kim_dense_cifar10", {}),
+    "rank-1 factors": ("kim_rank1_cifar10", {"rank1_scheme": "factors"}),
+    "rank-1 projected": ("kim_rank1_cifar10", {"rank1_scheme": "projected"}),
+    "consecutive 1-D": ("kim_flat_cifar10", {}),
+}
+NO_BN = {"rank-1 factors, no BN": VARIANTS["rank-1 factors"], "consecutive 1-D, no BN": VARIANTS["consecutive 1-D"]}
+
+
+def train_all(variants: dict, base: TrainConfig, runs: Path, extra: dict | None = None) -> dict[str, Trainer]:
+    trainers = {}
+    for label, (model, kwargs) in variants.items():
+        config = replace(
+            base,
+            model=model,
+            out=str(runs / label.replace(" ", "_").replace(",", "")),
+            model_kwargs={**kwargs, **(extra or {})},
+        )
+        print(f"== {label}: {model} {config.model_kwargs}", flush=True)
+        trainer = Trainer(config)
+        trainer.fit()
+        trainers[label] = trainer
+    return trainers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width-mult", type=float, default=0.25)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--optimizer", default="adamw")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", default="runs/bench_rank1")
+    parser.add_argument("--results", default="results/rank1_fashion_mnist")
+    args = parser.parse_args()
+    runs, results = Path(args.runs), Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    base = TrainConfig(
+        model="",
+        out="",
+        width_mult=args.width_mult,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        input_size=32,
+    )
+    trainers = train_all(VARIANTS, base, runs)
+
+    batch = torch.randn(64, 1, 32, 32)
+    batch_cl = batch.contiguous(memory_format=torch.channels_last)
+    fns = {}
+    for label, trainer in trainers.items():  # every model timed in both memory formats; the faster one counts
+        fns[(label, "NCHW")] = inference_fn(deploy(trainer.model), batch)
+        fns[(label, "NHWC")] = inference_fn(deploy(trainer.model).to(memory_format=torch.channels_last), batch_cl)
+    raw = interleaved(fns, repeats=20, warmup=3)
+    timings, formats = {}, {}
+    for label in trainers:
+        fmt = min(("NCHW", "NHWC"), key=lambda f: raw[(label, f)].median)
+        timings[label], formats[label] = raw[(label, fmt)], fmt
+    dense = trainers["dense"]
+    dense_epoch = sum(r["epoch_time_s"] for r in dense.history) / len(dense.history)
+    rows, stats = [], {}
+    for label, trainer in trainers.items():
+        dec, asm = profile(trainer.model, 32), profile(trainer.model, 32, rank1_form="assembled")
+        epoch_s = sum(r["epoch_time_s"] for r in trainer.history) / len(trainer.history)
+        train_ips = sum(r["train_images_per_s"] for r in trainer.history) / len(trainer.history)
+        infer_ips = 64 / timings[label].median
+        speedup = timings["dense"].median / timings[label].median
+        stats[label] = (trainer.history[-1]["test_acc"], epoch_s / dense_epoch, speedup)
+        rows.append(
+            [
+                label,
+                f"{100 * trainer.history[-1]['test_acc']:.2f}%",
+                f"{dec.params:,}",
+                f"{asm.macs:,}",
+                f"{dec.macs:,}",
+                f"{train_ips:.0f}",
+                f"{epoch_s / dense_epoch:.2f}x",
+                f"{infer_ips:.0f}",
+                f"{stats[label][2]:.2f}x",
+                f"{100 * timings[label].spread:.0f}%",
+            ]
+        )
+    head = (
+        "model",
+        "test acc",
+        "params",
+        "MACs assembled",
+        "MACs decomposed",
+        "train img/s",
+        "epoch time vs dense",
+        "deployed infer img/s (b64)",
+        "infer speed-up",
+        "IQR",
+    )
+    print(format_table(head, rows))
+
+    nobn = train_all(NO_BN, base, runs, extra={"bn": False})
+    nobn_rows = [[label] + [f"{100 * r['test_acc']:.2f}%" for r in t.history] for label, t in nobn.items()]
+    nobn_head = ("model (no batch norm)", *[f"epoch {i + 1}" for i in range(args.epochs)])
+    print(format_table(nobn_head, nobn_rows))
+    plot_curves([t.run_dir for t in trainers.values()], results / "curves.png", labels=list(trainers))
+    plot_curves([t.run_dir for t in nobn.values()], results / "curves_no_bn.png", labels=list(nobn))
+
+    acc_dense = stats["dense"][0]
+    verdicts = []
+    for label in ("rank-1 factors", "rank-1 projected"):
+        acc, epoch_ratio, speedup = stats[label]
+        verdicts += [
+            f"- {label}: epoch time {epoch_ratio:.2f}x dense (target <= 1.3x): "
+            f"{'met' if epoch_ratio <= 1.3 else 'MISSED'}",
+            f"- {label}: deployed inference {speedup:.2f}x dense at batch 64 (target >= 3x): "
+            f"{'met' if speedup >= 3 else 'MISSED'}",
+            f"- {label}: accuracy {100 * (acc - acc_dense):+.2f} pp vs dense (target within 1.5 pp): "
+            f"{'met' if acc_dense - acc <= 0.015 else 'MISSED'}",
+        ]
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    recipe = (
+        f"Kim et al.'s CIFAR net at width_mult {args.width_mult} on full Fashion-MNIST zero-padded to 32x32; "
+        f"{args.epochs} epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr} (cosine), weight decay "
+        f"{args.weight_decay}, random crops + flips, seed {args.seed}; 2-core CPU, fp32. MACs per image. Inference: "
+        "deployed models (`lowrankcnn.deploy`: rank-1 layers as 1x1 conv + depthwise 3x3), batch 64, median of "
+        "20 interleaved runs (IQR = spread), each model in its faster memory format (NCHW or channels-last NHWC)."
+    )
+    atomic_write_text(
+        results / "README.md",
+        f"# Rank-1 CNNs on Fashion-MNIST\n\nMade by:\n\n```sh\n{command}\n```\n\n{recipe}\n\n"
+        f"{markdown_table(head, rows)}\n\n" + "\n".join(verdicts) + "\n\n![curves](curves.png)\n\n"
+        f"## Trainability without batch norm\n\n{markdown_table(nobn_head, nobn_rows)}\n\n"
+        "![curves](curves_no_bn.png)\n",
+    )
+    print("\n".join(verdicts))
+
+
+if __name__ == "__main__":
+    main()
