@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--bn", action="store_true", help="batch norm after every conv")
+    parser.add_argument("--dropout", type=float, default=None, help="FC dropout (default: the model's 0.5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default="runs/bench_fashion_mnist", help="where checkpoints go (not committed)")
     parser.add_argument("--results", default="results/fashion_mnist_vgg11", help="committed outputs")
@@ -44,7 +45,7 @@ def main() -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
-        model_kwargs={"bn": True} if args.bn else {},
+        model_kwargs={"bn": args.bn, **({} if args.dropout is None else {"dropout": args.dropout})},
     )
     rows, table = compare(args.dense, args.lowrank, base, args.runs)
     print(table)

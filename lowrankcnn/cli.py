@@ -126,6 +126,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         input_size=args.input_size,
         workers=args.workers,
         device=args.device,
+        project_every=args.project_every,
+        project_unit=args.project_unit,
         model_kwargs=model_kwargs,
     )
 
@@ -142,6 +144,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise CLIError("give --model NAME (or --resume RUN_DIR to continue a run)")
     args.out = args.resume or args.out or f"runs/{args.model}"
     trainer = Trainer(_train_config(args), resume=bool(args.resume), progress=not args.no_progress)
+    if args.resume and trainer.epoch >= trainer.config.epochs:
+        if trainer.dist.is_main:
+            print(f"{args.resume} already finished its {trainer.config.epochs} epochs; nothing to resume")
+        return
     if args.resume and trainer.dist.is_main:
         print(
             f"resuming {trainer.config.model} in {args.resume} after epoch {trainer.epoch} "
@@ -236,6 +242,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         lr=args.lr,
         train_subset=args.train_subset,
         seed=args.seed,
+        model_kwargs={"bn": not args.no_bn, "dropout": args.dropout},
     )
     _, table = compare(args.dense, args.lowrank, base, args.out, progress=not args.no_progress)
     print(table)
@@ -245,7 +252,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, default=None, help="square input size (default: the model's native size)")
     p.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's native count)")
-    p.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
+    p.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's native count)")
     p.add_argument("--width-mult", type=float, default=1.0, help="channel width multiplier (default 1.0)")
     p.add_argument("--training", action="store_true", help="count training-only parts (GoogLeNet's auxiliary heads)")
     p.add_argument(
@@ -372,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--threads", type=int)
     p.add_argument("--no-bn", action="store_true", help="train without batch norm (as in the paper; slower to start)")
+    p.add_argument("--dropout", type=float, default=0.0, help="FC dropout (default 0; the paper's VGG used 0.5)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)

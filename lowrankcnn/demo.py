@@ -68,9 +68,12 @@ def compare(
         ]
         for name, s in stats.items()
     ]
+    kwargs = base.model_kwargs
+    extras = ("batch norm, " if kwargs.get("bn") else "") + (
+        f"dropout {kwargs['dropout']}, " if "dropout" in kwargs else ""
+    )
     note = (
-        f"Fashion-MNIST, width_mult {base.width_mult}, {'batch norm, ' if base.model_kwargs.get('bn') else ''}"
-        f"{base.epochs} epochs, batch {base.batch_size}, "
+        f"Fashion-MNIST, width_mult {base.width_mult}, {extras}{base.epochs} epochs, batch {base.batch_size}, "
         f"{base.optimizer} lr {base.lr} ({base.schedule}), seed {base.seed}. MACs per image (1 MAC = 2 FLOPs); "
         f"inference at batch {infer_batch}, median of 15 interleaved runs; speed-up = inference images/s "
         f"over {dense}'s; MAC ratio = MACs over {dense}'s."

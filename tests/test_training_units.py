@@ -80,7 +80,7 @@ class Evil:
     [
         (b"not a checkpoint at all", "not a readable checkpoint"),
         (None, "not a readable checkpoint"),  # truncated
-        (pickle.dumps(Evil()), "not a readable checkpoint"),
+        (pickle.dumps(Evil(), protocol=2), "not a readable checkpoint"),
     ],
 )
 def test_bad_checkpoints_give_clear_errors(tmp_path, content, message, capsys):
@@ -111,3 +111,21 @@ def test_metrics_files(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{broken\n')
     with pytest.raises(ValueError, match="metrics.jsonl:2 is not valid JSON"):
         read_metrics(tmp_path)
+
+
+def test_every_train_flag_reaches_the_config():
+    from lowrankcnn.cli import _train_config, build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--model", "kim_rank1_cifar10", "--out", "runs/x", "--epochs", "3", "--batch-size", "32",
+         "--lr", "0.1", "--optimizer", "adamw", "--schedule", "inverse", "--warmup-epochs", "0.5",
+         "--label-smoothing", "0.1", "--bn", "--dropout", "0.2", "--rank1-scheme", "projected",
+         "--project-every", "7", "--project-unit", "step", "--channels-last", "--no-augment", "--seed", "9",
+         "--train-subset", "100", "--test-subset", "50", "--input-size", "32", "--data-dir", "/d"]
+    )
+    c = _train_config(args)
+    assert (c.epochs, c.batch_size, c.lr, c.optimizer, c.schedule) == (3, 32, 0.1, "adamw", "inverse")
+    assert (c.warmup_epochs, c.label_smoothing, c.channels_last, c.augment, c.seed) == (0.5, 0.1, True, False, 9)
+    assert (c.project_every, c.project_unit, c.train_subset, c.test_subset) == (7, "step", 100, 50)
+    assert (c.input_size, c.data_dir, c.out) == (32, "/d", "runs/x")
+    assert c.model_kwargs == {"bn": True, "dropout": 0.2, "rank1_scheme": "projected"}

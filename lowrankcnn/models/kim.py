@@ -181,7 +181,7 @@ def _register_family(net: type[nn.Module], dataset: str, size: int, chans: int, 
 
         builder.__name__ = name
         builder.__doc__ = f"Kim et al.'s {dataset.upper()} net with {kind} 3x3 convs ({net.__doc__.splitlines()[0]})"
-        register_model(size, 10, published.get(kind, {}), _CIFAR_NOTE)(builder)
+        register_model(size, 10, published.get(kind, {}), _CIFAR_NOTE, in_chans=chans)(builder)
 
 
 _register_family(KimCifarNet, "cifar10", 32, 3, {"rank1": {"top1": 0.8388}, "dense": {"top1": 0.8643}})

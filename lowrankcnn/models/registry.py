@@ -25,6 +25,7 @@ class ModelInfo:
         notes: how the published figures relate to this implementation.
         published_in_training: the published MACs count training-only parts
             (GoogLeNet's auxiliary heads), so compare with ``profile(..., training=True)``.
+        in_chans: native number of input channels.
     """
 
     name: str
@@ -33,6 +34,7 @@ class ModelInfo:
     published: dict[str, float] = field(default_factory=dict)
     notes: str = ""
     published_in_training: bool = False
+    in_chans: int = 3
 
 
 _builders: dict[str, Callable[..., nn.Module]] = {}
@@ -45,6 +47,7 @@ def register_model(
     published: dict[str, float] | None = None,
     notes: str = "",
     published_in_training: bool = False,
+    in_chans: int = 3,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a builder ``fn(num_classes, in_chans, width_mult, **kwargs)`` under its name."""
 
@@ -53,7 +56,7 @@ def register_model(
             raise ValueError(f"register_model: {fn.__name__!r} is already registered")
         _builders[fn.__name__] = fn
         _infos[fn.__name__] = ModelInfo(
-            fn.__name__, input_size, num_classes, dict(published or {}), notes, published_in_training
+            fn.__name__, input_size, num_classes, dict(published or {}), notes, published_in_training, in_chans
         )
         return fn
 
@@ -81,7 +84,7 @@ def model_info(name: str) -> ModelInfo:
 def create_model(
     name: str,
     num_classes: int | None = None,
-    in_chans: int = 3,
+    in_chans: int | None = None,
     width_mult: float = 1.0,
     init_mode: str = "fan_out",
     **kwargs: object,
@@ -92,7 +95,8 @@ def create_model(
         name: registry name (see ``list_models()``).
         num_classes: output classes; ``None`` means the model's native count
             (1000 for the ILSVRC models, 10 for NiN).
-        in_chans: input image channels (1 for Fashion-MNIST).
+        in_chans: input image channels (1 for Fashion-MNIST); ``None`` means the model's native count
+            (3, or 1 for the MNIST nets).
         width_mult: scales every channel width and hidden FC width, keeping each
             layer's basis proportions (CPU-sized twins use e.g. 0.25).
         init_mode: ``"fan_out"`` (the paper's composite init) or ``"fan_in"``.
@@ -105,6 +109,7 @@ def create_model(
     if not isinstance(width_mult, (int, float)) or width_mult <= 0:
         raise ValueError(f"create_model({name!r}): width_mult must be > 0, got {width_mult!r}")
     classes = num_classes if num_classes is not None else _infos[name].num_classes
+    in_chans = in_chans if in_chans is not None else _infos[name].in_chans
     try:
         model = _builders[name](num_classes=classes, in_chans=in_chans, width_mult=float(width_mult), **kwargs)
     except TypeError as err:
