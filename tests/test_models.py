@@ -84,7 +84,8 @@ def test_standard_convention_differs_by_bias_count_only():
 
 
 def test_every_model_is_registered():
-    expected = {r[0] for r in PUBLISHED} | {r[0] for r in GOOGLENET}
+    kim = {f"kim_{kind}_{data}" for kind in ("rank1", "dense", "flat") for data in ("cifar10", "mnist")}
+    expected = {r[0] for r in PUBLISHED} | {r[0] for r in GOOGLENET} | kim | {"vgg11_gmp_rank1", "nin_rank1"}
     assert set(list_models()) == expected
     assert list_models("vgg11_gmp_lr*") == [
         "vgg11_gmp_lr",

@@ -116,13 +116,13 @@ def test_metrics_files(tmp_path):
 def test_every_train_flag_reaches_the_config():
     from lowrankcnn.cli import _train_config, build_parser
 
-    args = build_parser().parse_args(
-        ["train", "--model", "kim_rank1_cifar10", "--out", "runs/x", "--epochs", "3", "--batch-size", "32",
-         "--lr", "0.1", "--optimizer", "adamw", "--schedule", "inverse", "--warmup-epochs", "0.5",
-         "--label-smoothing", "0.1", "--bn", "--dropout", "0.2", "--rank1-scheme", "projected",
-         "--project-every", "7", "--project-unit", "step", "--channels-last", "--no-augment", "--seed", "9",
-         "--train-subset", "100", "--test-subset", "50", "--input-size", "32", "--data-dir", "/d"]
+    flags = (
+        "train --model kim_rank1_cifar10 --out runs/x --epochs 3 --batch-size 32 --lr 0.1 --optimizer adamw "
+        "--schedule inverse --warmup-epochs 0.5 --label-smoothing 0.1 --bn --dropout 0.2 --rank1-scheme projected "
+        "--project-every 7 --project-unit step --channels-last --no-augment --seed 9 --train-subset 100 "
+        "--test-subset 50 --input-size 32 --data-dir /d"
     )
+    args = build_parser().parse_args(flags.split())
     c = _train_config(args)
     assert (c.epochs, c.batch_size, c.lr, c.optimizer, c.schedule) == (3, 32, 0.1, "adamw", "inverse")
     assert (c.warmup_epochs, c.label_smoothing, c.channels_last, c.augment, c.seed) == (0.5, 0.1, True, False, 9)
