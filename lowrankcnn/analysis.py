@@ -26,7 +26,7 @@ from torch import nn
 
 from .layers import Rank1Conv2d
 from .layers.fuse import FUSABLE, dense_filters
-from .profile import _units
+from .profile import outermost_units
 
 
 @dataclass
@@ -69,7 +69,7 @@ def output_rank(model: nn.Module, images: torch.Tensor, rtol: float = 1e-6) -> l
     """
     was_training = model.training
     model.eval()
-    units = {m: n for m, n in _units(model).items() if isinstance(m, FUSABLE) and _is_dense_conv_like(m)}
+    units = {m: n for m, n in outermost_units(model).items() if isinstance(m, FUSABLE) and _is_dense_conv_like(m)}
     captured: dict[nn.Module, torch.Tensor] = {}
 
     def keep_input(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:

@@ -13,13 +13,13 @@ import torch
 from .analysis import output_rank
 from .data import DATASETS, DataBundle, build_data
 from .demo import compare
+from .distributed import default_threads
 from .evaluate import evaluate
 from .models import create_model, list_models, model_info
 from .plot import plot_confusion, plot_curves
 from .profile import ProfileResult, profile
 from .tables import format_table
 from .training import OPTIMIZERS, SCHEDULES, TrainConfig, Trainer, TrainingDiverged, load_trained_model
-from .training.trainer import default_threads
 
 
 class CLIError(Exception):

@@ -54,3 +54,9 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def default_threads() -> int | None:
+    """Threads per process under torchrun on CPU: the cores divided among local ranks (``None`` otherwise)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (os.cpu_count() or 1) // local) if local > 1 else None

@@ -140,7 +140,7 @@ def leaf_macs(
     return macs
 
 
-def _units(model: nn.Module) -> dict[nn.Module, str]:
+def outermost_units(model: nn.Module) -> dict[nn.Module, str]:
     """Outermost unit modules of ``model`` mapped to their qualified names."""
     units: dict[nn.Module, str] = {}
     inside: set[nn.Module] = set()
@@ -187,7 +187,7 @@ def profile(
     if len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size):
         raise ValueError(f"profile: input_size must be S, (H, W) or (C, H, W) positive integers, got {input_size!r}")
 
-    units = _units(model)
+    units = outermost_units(model)
     owner = {leaf: unit for unit in units for leaf in unit.modules() if isinstance(leaf, LEAF_TYPES)}
     rows: list[LayerRow] = []
     pending: dict[nn.Module, int] = {}

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dense import conv2d_from_weights
+
 BasisGroup = tuple[int, int, int]
 """One group of a composite layer: ``(kernel_h, kernel_w, n_filters)``."""
 
@@ -161,20 +163,7 @@ class CompositeConv2d(nn.Module):
         """An ``nn.Conv2d`` computing exactly this layer's function (fused deploy form)."""
         weight, bias = self.dense_weight()
         kh, kw = self.kernel_size
-        conv = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            (kh, kw),
-            stride=self.stride,
-            padding=((kh - 1) // 2, (kw - 1) // 2),
-            bias=bias is not None,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        conv.weight.copy_(weight)
-        if bias is not None:
-            conv.bias.copy_(bias)
-        return conv
+        return conv2d_from_weights(weight, bias, (self.stride, self.stride), ((kh - 1) // 2, (kw - 1) // 2))
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, basis={self.describe()}"

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .composite import CompositeConv2d
+from .dense import conv2d_from_weights
 from .rank1 import ConsecutiveConv2d, Rank1Conv2d, assemble
 from .separable import SeparableConv2d
 
@@ -60,10 +61,4 @@ def equivalent_dense_conv(module: nn.Module) -> nn.Conv2d:
             "equivalent_dense_conv: this SeparableConv2d's 1xk conv has a non-zero bias, which the kx1 conv's "
             "zero padding cuts off at the borders, so no single conv equals it; keep it factorized"
         )
-    weight, bias, stride, padding = dense_filters(module)
-    o, c, kh, kw = weight.shape
-    conv = nn.Conv2d(c, o, (kh, kw), stride, padding, bias=bias is not None, device=weight.device, dtype=weight.dtype)
-    conv.weight.copy_(weight)
-    if bias is not None:
-        conv.bias.copy_(bias)
-    return conv
+    return conv2d_from_weights(*dense_filters(module))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -342,9 +341,3 @@ class Trainer:
         finally:
             teardown()
         return self.history
-
-
-def default_threads() -> int | None:
-    """Threads per process under torchrun on CPU: the cores divided among local ranks."""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, (os.cpu_count() or 1) // local) if local > 1 else None
