@@ -64,6 +64,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dropout", type=float, default=0.5, help="dropout after every pool and FC (authors: 0.5)")
+    parser.add_argument("--project-every", type=int, default=1, help="projected scheme: project every N units")
+    parser.add_argument("--project-unit", choices=("epoch", "step"), default="epoch")
+    parser.add_argument("--no-bn-epochs", type=int, help="epochs of the no-batch-norm runs (default: --epochs)")
     parser.add_argument("--runs", default="runs/bench_rank1")
     parser.add_argument("--results", default="results/rank1_fashion_mnist")
     args = parser.parse_args()
@@ -80,15 +84,18 @@ def main() -> None:
         weight_decay=args.weight_decay,
         seed=args.seed,
         input_size=32,
+        project_every=args.project_every,
+        project_unit=args.project_unit,
     )
-    trainers = train_all(VARIANTS, base, runs)
+    trainers = train_all(VARIANTS, base, runs, extra={"dropout": args.dropout})
 
     batch = torch.randn(64, 1, 32, 32)
     batch_cl = batch.contiguous(memory_format=torch.channels_last)
     fns = {}
     for label, trainer in trainers.items():  # every model timed in both memory formats; the faster one counts
-        fns[(label, "NCHW")] = inference_fn(deploy(trainer.model), batch)
-        fns[(label, "NHWC")] = inference_fn(deploy(trainer.model).to(memory_format=torch.channels_last), batch_cl)
+        for fmt, x, channels_last in (("NCHW", batch, False), ("NHWC", batch_cl, True)):
+            deployed = deploy(trainer.model, "auto", channels_last=channels_last, input_shape=tuple(x.shape))
+            fns[(label, fmt)] = inference_fn(deployed, x)
     raw = interleaved(fns, repeats=20, warmup=3)
     timings, formats = {}, {}
     for label in trainers:
@@ -132,9 +139,10 @@ def main() -> None:
     )
     print(format_table(head, rows))
 
-    nobn = train_all(NO_BN, base, runs, extra={"bn": False})
+    nobn_epochs = args.no_bn_epochs or args.epochs
+    nobn = train_all(NO_BN, replace(base, epochs=nobn_epochs), runs, extra={"bn": False, "dropout": args.dropout})
     nobn_rows = [[label] + [f"{100 * r['test_acc']:.2f}%" for r in t.history] for label, t in nobn.items()]
-    nobn_head = ("model (no batch norm)", *[f"epoch {i + 1}" for i in range(args.epochs)])
+    nobn_head = ("model (no batch norm)", *[f"epoch {i + 1}" for i in range(nobn_epochs)])
     print(format_table(nobn_head, nobn_rows))
     plot_curves([t.run_dir for t in trainers.values()], results / "curves.png", labels=list(trainers))
     plot_curves([t.run_dir for t in nobn.values()], results / "curves_no_bn.png", labels=list(nobn))
@@ -155,9 +163,12 @@ def main() -> None:
     recipe = (
         f"Kim et al.'s CIFAR net at width_mult {args.width_mult} on full Fashion-MNIST zero-padded to 32x32; "
         f"{args.epochs} epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr} (cosine), weight decay "
-        f"{args.weight_decay}, random crops + flips, seed {args.seed}; 2-core CPU, fp32. MACs per image. Inference: "
-        "deployed models (`lowrankcnn.deploy`: rank-1 layers as 1x1 conv + depthwise 3x3), batch 64, median of "
-        "20 interleaved runs (IQR = spread), each model in its faster memory format (NCHW or channels-last NHWC)."
+        f"{args.weight_decay}, dropout {args.dropout}, random crops + flips, seed {args.seed}; projected scheme "
+        f"re-projected every {args.project_every} {args.project_unit}(s) and after the last step; 2-core CPU, fp32. "
+        "MACs per image. Inference: deployed models (`lowrankcnn.deploy(model, 'auto')`: batch norm folded where it "
+        "follows a conv, each rank-1 layer as 1x1 conv + depthwise 3x3 or as one dense conv, whichever this machine "
+        "runs faster), batch 64, median of 20 interleaved runs (IQR = spread), each model in its faster memory "
+        "format (NCHW or channels-last NHWC)."
     )
     atomic_write_text(
         results / "README.md",

@@ -11,10 +11,13 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .analysis import output_rank
+from .bench import DEPLOY_CHOICES, BenchSettings, bench, dense_twin
 from .data import DATASETS, DataBundle, build_data
 from .demo import compare
+from .deploy import TARGETS, deploy
 from .distributed import default_threads
 from .evaluate import evaluate
+from .export import FORMATS, export_model, onnx_max_abs_diff, torchscript_max_abs_diff
 from .models import create_model, list_models, model_info
 from .plot import plot_confusion, plot_curves
 from .profile import ProfileResult, profile
@@ -224,6 +227,56 @@ def cmd_rank(args: argparse.Namespace) -> None:
     print(format_table(head, body, left=2))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    _set_threads(args)
+    model, config, state = load_trained_model(args.checkpoint)
+    info = state["data_info"]
+    size = args.input_size or info["input_size"]
+    if args.format == "onnx" and args.channels_last:
+        raise CLIError("ONNX has no memory format; --channels-last applies to --format torchscript only")
+    deployed = deploy(
+        model, args.deploy, channels_last=args.channels_last, input_shape=(1, info["in_chans"], size, size)
+    )
+    example = torch.randn(2, info["in_chans"], size, size)
+    if args.channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+    path = export_model(deployed, example, args.out, args.format)
+    check = torch.randn(3, info["in_chans"], size, size)  # another batch size: the batch axis is dynamic
+    diff = (onnx_max_abs_diff if args.format == "onnx" else torchscript_max_abs_diff)(path, deployed, check)
+    with torch.no_grad():
+        scale = float(deployed(check).abs().max())
+    print(
+        f"{config.model} (epoch {state['epoch']}, deploy {args.deploy}) exported to {path} as {args.format}: "
+        f"input (N, {info['in_chans']}, {size}, {size}); max |difference| vs PyTorch on random inputs {diff:.2e} "
+        f"(outputs up to {scale:.2f})"
+    )
+    if diff > 1e-3 * max(1.0, scale):
+        raise CLIError(f"the exported model disagrees with PyTorch (max |difference| {diff:.2e}); do not use {path}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    baseline = args.baseline if args.baseline != "none" else None
+    if args.baseline is None:
+        baseline = dense_twin(args.model)
+    settings = BenchSettings(
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        train=args.train,
+        deploy=args.deploy or ("none" if args.train else "factorized"),
+        channels_last=args.channels_last,
+        compile=args.compile,
+        width_mult=args.width_mult,
+        num_classes=args.num_classes,
+        in_chans=args.in_chans,
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
+    result = bench(args.model, baseline, settings)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     plot_curves(args.runs, args.out)
     print(f"curves of {len(args.runs)} run(s) written to {args.out}")
@@ -362,6 +415,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=32, help="test images to use (default 32)")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_rank)
+
+    p = sub.add_parser("export", help="deploy a checkpoint and export it to ONNX or TorchScript (checked)")
+    p.add_argument("--checkpoint", required=True, help="a .pt file (or run directory: its last.pt)")
+    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("--out", required=True, help="file to write (written atomically)")
+    p.add_argument("--deploy", choices=TARGETS, default="factorized", help="layer form (default factorized)")
+    p.add_argument("--input-size", type=int, help="square input size (default: the training size)")
+    p.add_argument("--channels-last", action="store_true", help="TorchScript only: channels-last weights")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="time a model against a baseline (interleaved): speed-up vs MAC ratio")
+    p.add_argument("--model", required=True)
+    p.add_argument("--baseline", help="model to compare with (default: the dense twin; 'none' for no baseline)")
+    p.add_argument("--input-size", type=int, help="square input size (default: the model's native size)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--width-mult", type=float, default=1.0)
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--in-chans", type=int)
+    p.add_argument("--train", action="store_true", help="time a training step instead of inference")
+    p.add_argument("--deploy", choices=DEPLOY_CHOICES, help="inference form (default factorized; 'none' = as trained)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.add_argument("--repeats", type=int, default=15, help="timed runs of each model (default 15)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plot", help="accuracy / loss curves of one or more runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")

@@ -90,7 +90,8 @@ def summarize(dense: str, lowrank: str, out: str | Path, infer_batch: int = 256)
         f"Fashion-MNIST, width_mult {config.width_mult}, {extras}{config.epochs} epochs, batch {config.batch_size}, "
         f"{config.optimizer} lr {config.lr} ({config.schedule}), seed {config.seed}. Params and MACs per image as "
         "built (1 MAC = 2 FLOPs); inference of the deployed models (`deploy(model, 'auto')`: batch norm folded, "
-        f"each low-rank layer factorized or fused, whichever runs faster here) at batch {infer_batch}, median of 15 interleaved runs; speed-up = inference images/s "
+        f"each low-rank layer factorized or fused, whichever runs faster here) at batch {infer_batch}, median of "
+        "15 interleaved runs; speed-up = inference images/s "
         f"over {dense}'s; MAC ratio = {dense}'s MACs / the model's MACs (the speed-up the counts promise)."
     )
     markdown = markdown_table(HEAD, rows) + "\n\n" + note + "\n"

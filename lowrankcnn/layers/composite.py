@@ -12,12 +12,14 @@ with ``H' = floor((H - 1) / stride) + 1`` for odd kernels ("same" padding).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .concat import ParallelConcat
 from .dense import conv2d_from_weights
 
 BasisGroup = tuple[int, int, int]
@@ -157,6 +159,13 @@ class CompositeConv2d(nn.Module):
             if self.join.bias is not None:
                 bias = self.join.bias if bias is None else bias + self.join.bias
         return weight, bias
+
+    @torch.no_grad()
+    def factorized(self) -> nn.Module:
+        """Standard modules computing this layer: copies of the group convs run side by side and
+        concatenated (``ParallelConcat``), then the join conv if any (factorized deploy form)."""
+        groups = ParallelConcat(copy.deepcopy(conv) for conv in self.groups)
+        return groups if self.join is None else nn.Sequential(groups, copy.deepcopy(self.join))
 
     @torch.no_grad()
     def to_dense(self) -> nn.Conv2d:

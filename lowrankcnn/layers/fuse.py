@@ -32,11 +32,7 @@ def dense_filters(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None,
     if isinstance(module, Rank1Conv2d):
         return module.assembled_weight(), module.bias, module.stride, module.padding
     if isinstance(module, ConsecutiveConv2d):
-        t = module.channel.weight[:, :, 0, 0]
-        q, p = module.vertical.weight[:, 0, :, 0], module.horizontal.weight[:, 0, 0, :]
-        stride = (module.vertical.stride[0], module.horizontal.stride[1])
-        padding = (module.vertical.padding[0], module.horizontal.padding[1])
-        return assemble(t, q, p), module.horizontal.bias, stride, padding
+        return assemble(*module.factors()), module.bias, module.stride, module.padding
     if isinstance(module, SeparableConv2d):
         h, v = module.horizontal, module.vertical  # (D, C, 1, k) then (D, D, k, 1)
         weight = torch.einsum("omy,mcx->ocyx", v.weight[:, :, :, 0], h.weight[:, :, 0, :])

@@ -110,6 +110,46 @@ def rank1_factors(
     return t, q / q_norm[:, None], p / p_norm[:, None]
 
 
+@torch.no_grad()
+def rank1_chain(
+    t: torch.Tensor,
+    q: torch.Tensor,
+    p: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    fuse_spatial: bool = False,
+) -> nn.Sequential:
+    """Standard convs computing the conv with filters ``assemble(t, q, p)`` exactly.
+
+    Default: 1x1 conv (C_in -> C_out, weights ``t``) -> depthwise k_h x 1 (``q``, vertical stride)
+    -> depthwise 1 x k_w (``p``, horizontal stride, + ``bias``): ``C_in + k_h + k_w`` MACs per
+    output at stride 1. ``fuse_spatial=True``: 1x1 conv -> one depthwise k_h x k_w conv holding
+    ``q ⊗ p`` (+ bias): ``k_h * k_w`` instead of ``k_h + k_w`` spatial MACs, but one pass over
+    memory instead of two, which is faster on CPUs (see ``benchmarks/``). Zero padding
+    factorizes, so both equal the 3-D conv exactly.
+    """
+    (o, c), kh, kw = t.shape, q.shape[1], p.shape[1]
+    (sh, sw), (ph, pw) = stride, padding
+    kwargs = {"device": t.device, "dtype": t.dtype}
+    has_bias = bias is not None
+    channel = nn.Conv2d(c, o, 1, bias=False, **kwargs)
+    channel.weight.copy_(t[:, :, None, None])
+    if fuse_spatial:
+        spatial = nn.Conv2d(o, o, (kh, kw), (sh, sw), (ph, pw), groups=o, bias=has_bias, **kwargs)
+        spatial.weight.copy_((q[:, :, None] * p[:, None, :])[:, None])
+        layers = [channel, spatial]
+    else:
+        vertical = nn.Conv2d(o, o, (kh, 1), (sh, 1), (ph, 0), groups=o, bias=False, **kwargs)
+        spatial = nn.Conv2d(o, o, (1, kw), (1, sw), (0, pw), groups=o, bias=has_bias, **kwargs)
+        vertical.weight.copy_(q[:, None, :, None])
+        spatial.weight.copy_(p[:, None, None, :])
+        layers = [channel, vertical, spatial]
+    if has_bias:
+        spatial.bias.copy_(bias)
+    return nn.Sequential(*layers)
+
+
 class Rank1Conv2d(nn.Module):
     """Convolution whose filters are all rank-1 (outer products of 1-D vectors).
 
@@ -242,35 +282,9 @@ class Rank1Conv2d(nn.Module):
 
     @torch.no_grad()
     def deploy(self, fuse_spatial: bool = False) -> nn.Sequential:
-        """Standard modules computing this layer exactly.
-
-        Default: 1x1 conv (C_in -> C_out) -> depthwise k_h x 1 (vertical stride) -> depthwise
-        1 x k_w (horizontal stride, + bias), ``C_in + k_h + k_w`` MACs per output at stride 1.
-        ``fuse_spatial=True``: 1x1 conv -> one depthwise k_h x k_w conv holding ``q ⊗ p`` (+ bias):
-        ``k_h * k_w`` instead of ``k_h + k_w`` spatial MACs, but one pass over memory instead of
-        two, which is faster on CPUs (see ``benchmarks/``).
-        """
+        """Standard modules computing this layer exactly (see ``rank1_chain``)."""
         t, q, p = (f.detach() for f in self.factors())
-        kh, kw = self.kernel_size
-        (sh, sw), (ph, pw) = self.stride, self.padding
-        c, o = self.in_channels, self.out_channels
-        kwargs = {"device": t.device, "dtype": t.dtype}
-        has_bias = self.bias is not None
-        channel = nn.Conv2d(c, o, 1, bias=False, **kwargs)
-        channel.weight.copy_(t[:, :, None, None])
-        if fuse_spatial:
-            spatial = nn.Conv2d(o, o, (kh, kw), (sh, sw), (ph, pw), groups=o, bias=has_bias, **kwargs)
-            spatial.weight.copy_((q[:, :, None] * p[:, None, :])[:, None])
-            layers = [channel, spatial]
-        else:
-            vertical = nn.Conv2d(o, o, (kh, 1), (sh, 1), (ph, 0), groups=o, bias=False, **kwargs)
-            spatial = nn.Conv2d(o, o, (1, kw), (1, sw), (0, pw), groups=o, bias=has_bias, **kwargs)
-            vertical.weight.copy_(q[:, None, :, None])
-            spatial.weight.copy_(p[:, None, None, :])
-            layers = [channel, vertical, spatial]
-        if has_bias:
-            spatial.bias.copy_(self.bias)
-        return nn.Sequential(*layers)
+        return rank1_chain(t, q, p, self.bias, self.stride, self.padding, fuse_spatial)
 
     def describe(self) -> str:
         kh, kw = self.kernel_size
@@ -318,6 +332,28 @@ class ConsecutiveConv2d(nn.Module):
                 f"{type(self).__name__}: expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
         return self.horizontal(self.vertical(self.channel(x)))
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``t (C_out, C_in)``, ``q (C_out, k_h)``, ``p (C_out, k_w)``: the three convs' weights as 1-D factors."""
+        return self.channel.weight[:, :, 0, 0], self.vertical.weight[:, 0, :, 0], self.horizontal.weight[:, 0, 0, :]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.horizontal.bias
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        return self.vertical.stride[0], self.horizontal.stride[1]
+
+    @property
+    def padding(self) -> tuple[int, int]:
+        return self.vertical.padding[0], self.horizontal.padding[1]
+
+    @torch.no_grad()
+    def deploy(self, fuse_spatial: bool = False) -> nn.Sequential:
+        """Copies of the three convs, or with ``fuse_spatial`` the 1x1 then one depthwise k_h x k_w."""
+        t, q, p = (f.detach() for f in self.factors())
+        return rank1_chain(t, q, p, self.bias, self.stride, self.padding, fuse_spatial)
 
     def describe(self) -> str:
         kh, kw = self.vertical.kernel_size[0], self.horizontal.kernel_size[1]

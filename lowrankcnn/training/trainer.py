@@ -93,6 +93,21 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def classification_loss(
+    output: torch.Tensor | tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    label_smoothing: float = 0.0,
+    aux_weight: float = 0.3,
+) -> torch.Tensor:
+    """Cross-entropy of logits ``(N, classes)``; a tuple's auxiliary heads (GoogLeNet) weighted by ``aux_weight``."""
+    if isinstance(output, tuple):
+        main, *aux = output
+        return F.cross_entropy(main, target, label_smoothing=label_smoothing) + aux_weight * sum(
+            F.cross_entropy(a, target, label_smoothing=label_smoothing) for a in aux
+        )
+    return F.cross_entropy(output, target, label_smoothing=label_smoothing)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -224,14 +239,7 @@ class Trainer:
         }
 
     def loss(self, output: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy (with label smoothing); auxiliary heads weighted by ``aux_weight``."""
-        smoothing = self.config.label_smoothing
-        if isinstance(output, tuple):
-            main, *aux = output
-            return F.cross_entropy(main, target, label_smoothing=smoothing) + self.config.aux_weight * sum(
-                F.cross_entropy(a, target, label_smoothing=smoothing) for a in aux
-            )
-        return F.cross_entropy(output, target, label_smoothing=smoothing)
+        return classification_loss(output, target, self.config.label_smoothing, self.config.aux_weight)
 
     def project(self) -> None:
         """Re-project every ``projected`` rank-1 layer onto rank-1 filters (identically on every rank)."""

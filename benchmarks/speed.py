@@ -1,0 +1,310 @@
+"""The standard speed table: every low-rank model against its dense twin, measured side by side.
+
+    python benchmarks/speed.py                # the full table (about 20 minutes on 2 cores)
+    python benchmarks/speed.py --quick        # small sizes, few repeats: checks that it all runs
+
+Sections (each row is one ``lowrankcnn.bench`` run: warm-up, then interleaved timing):
+
+1. VGG-11 variants vs ``vgg11_gmp`` at 224x224 batch 8 (full width) and at 32x32 batch 64
+   (width 0.25): inference of the deployed form (BN folded, factorized) and a training step.
+2. NiN variants vs ``nin`` at 30x30 batch 64.
+3. Rank-1 models vs their dense twins (Kim CIFAR/MNIST nets, ``vgg11_gmp_rank1``, ``nin_rank1``).
+4. ``torch.compile`` (inductor) for the headline pairs.
+5. A single rank-1 layer (deployed 1x1 + depthwise) vs tensorly-torch's CP ``FactorizedConv`` of
+   rank 1 (factorized implementation) vs the dense conv, at three layer sizes.
+
+Writes ``speed.json`` (every measurement) and ``README.md`` (tables, targets) under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lowrankcnn.bench import BenchSettings, bench
+from lowrankcnn.layers import Rank1Conv2d
+from lowrankcnn.tables import markdown_table
+from lowrankcnn.timing import inference_fn, interleaved
+from lowrankcnn.training.checkpoint import atomic_write_text
+
+VGG_VARIANTS = (
+    "vgg11_gmp_sf",
+    "vgg11_gmp_lr",
+    "vgg11_gmp_lr_2x",
+    "vgg11_gmp_lr_join",
+    "vgg11_gmp_lr_join_wfull",
+    "vgg11_gmp_lr_lde",
+    "vgg11_gmp_rank1",
+)
+NIN_VARIANTS = ("nin_c3", "nin_c3_lr", "nin_rank1")
+RANK1_PAIRS = (
+    ("kim_rank1_cifar10", "kim_dense_cifar10"),
+    ("kim_flat_cifar10", "kim_dense_cifar10"),
+    ("kim_rank1_mnist", "kim_dense_mnist"),
+)
+
+
+def run(model: str, baseline: str, quick: bool, **settings) -> dict:
+    if quick:
+        settings.update(repeats=2, warmup=1, batch_size=min(settings.get("batch_size", 64), 4))
+    t = time.perf_counter()
+    result = bench(model, baseline, BenchSettings(**settings)).to_dict()
+    print(
+        f"{model:24s} vs {baseline:18s} {'train' if result['mode'] == 'train' else 'infer'} "
+        f"{result['input_size']:>3}px b{result['batch_size']:<3} w{result['width_mult']:g}"
+        f"{' compiled' if result['compile'] else ''}: speed-up {result['speedup']:.2f}x, "
+        f"MAC ratio {result['mac_ratio']:.2f}x, efficiency {result['efficiency']:.2f} ({time.perf_counter() - t:.0f}s)",
+        flush=True,
+    )
+    return result
+
+
+def model_rows(quick: bool) -> list[dict]:
+    rows = []
+    vgg_configs = [
+        {
+            "input_size": 224 if not quick else 64,
+            "batch_size": 8,
+            "width_mult": 1.0 if not quick else 0.25,
+            "repeats": 7,
+        },
+        {"input_size": 32, "batch_size": 64, "width_mult": 0.25},
+    ]
+    for config in vgg_configs:
+        for train in (False, True):
+            for name in VGG_VARIANTS:
+                rows.append(
+                    run(name, "vgg11_gmp", quick, train=train, deploy="none" if train else "factorized", **config)
+                )
+    for train in (False, True):
+        for name in NIN_VARIANTS:
+            rows.append(run(name, "nin", quick, train=train, deploy="none" if train else "factorized", batch_size=64))
+        for name, twin in RANK1_PAIRS:
+            rows.append(run(name, twin, quick, train=train, deploy="none" if train else "factorized", batch_size=64))
+    # Inference also with channels-last and auto deploy, and everything headline compiled.
+    headline = [
+        ("vgg11_gmp_lr", "vgg11_gmp", {"input_size": 224, "batch_size": 8, "width_mult": 1.0, "repeats": 7}),
+        ("vgg11_gmp_lr", "vgg11_gmp", {"input_size": 32, "batch_size": 64, "width_mult": 0.25}),
+        ("kim_rank1_cifar10", "kim_dense_cifar10", {"batch_size": 64}),
+        ("nin_c3_lr", "nin", {"batch_size": 64}),
+    ]
+    for name, twin, config in headline:
+        if quick:
+            config = {**config, "input_size": min(config.get("input_size", 32), 64), "width_mult": 0.25}
+        rows.append(run(name, twin, quick, deploy="auto", channels_last=True, **config))
+        if config.get("input_size") != 224:  # inductor compiles of the 224 models take too long here
+            rows.append(run(name, twin, quick, deploy="factorized", compile=True, **config))
+            rows.append(run(name, twin, quick, train=True, deploy="none", compile=True, **config))
+    return rows
+
+
+def tensorly_cp_layer(dense: nn.Conv2d) -> nn.Module | None:
+    """tensorly-torch's rank-1 CP ``FactorizedConv`` (factorized implementation) shaped like ``dense``."""
+    try:
+        import tltorch
+    except ImportError:
+        return None
+    c, k = dense.in_channels, dense.kernel_size[0]
+    layer = tltorch.FactorizedConv(
+        c,
+        dense.out_channels,
+        k,
+        order=2,
+        stride=1,
+        padding=k // 2,
+        factorization="cp",
+        rank=1,
+        implementation="factorized",
+        bias=True,
+    )
+    return layer.eval()
+
+
+def layer_rows(quick: bool) -> list[dict]:
+    """One rank-1 layer, deployed (fused and chain), vs tensorly-torch CP rank 1 vs the dense conv."""
+    rows = []
+    for channels, size, batch in ((64, 32, 64), (128, 16, 64), (256, 8, 64)):
+        if quick:
+            batch = 4
+        rank1 = Rank1Conv2d(channels, channels).eval()
+        dense = nn.Conv2d(channels, channels, 3, padding=1).eval()
+        layers: dict[str, nn.Module] = {
+            "dense 3x3": dense,
+            "rank-1 deployed (1x1 + dw 3x3)": rank1.deploy(fuse_spatial=True).eval(),
+            "rank-1 deployed (1x1 + dw 3x1 + dw 1x3)": rank1.deploy().eval(),
+            "rank-1 as trained (assembled 3x3)": rank1,
+        }
+        cp = tensorly_cp_layer(dense)
+        if cp is not None:
+            layers["tensorly-torch CP rank 1 (factorized)"] = cp
+        x = torch.randn(batch, channels, size, size)
+        timings = interleaved({k: inference_fn(m, x) for k, m in layers.items()}, repeats=3 if quick else 30, warmup=3)
+        positions = size * size
+        macs = {
+            "dense 3x3": channels * channels * 9 * positions,
+            "rank-1 deployed (1x1 + dw 3x3)": (channels * channels + channels * 9) * positions,
+            "rank-1 deployed (1x1 + dw 3x1 + dw 1x3)": (channels * channels + channels * 6) * positions,
+            "rank-1 as trained (assembled 3x3)": channels * channels * 9 * positions,
+            # tensorly CP rank 1, factorized: 1x1 C->1, then 3x1 and 1x3 on one channel, then 1x1 1->C
+            "tensorly-torch CP rank 1 (factorized)": (channels + 3 + 3 + channels) * positions,
+        }
+        base = timings["dense 3x3"].median
+        for name, t in timings.items():
+            rows.append(
+                {
+                    "layer": f"{channels}->{channels} 3x3 @ {size}x{size}, batch {batch}",
+                    "form": name,
+                    "macs": macs[name],
+                    "latency_ms": t.median * 1e3,
+                    "spread": t.spread,
+                    "speedup_vs_dense": base / t.median,
+                    "mac_ratio": macs["dense 3x3"] / macs[name],
+                }
+            )
+            print(f"{rows[-1]['layer']:36s} {name:42s} {t.median * 1e3:8.3f} ms  {base / t.median:5.2f}x", flush=True)
+    return rows
+
+
+def _fmt(v: float | None, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _setting(r: dict) -> str:
+    form = "train step" if r["mode"] == "train" else f"deploy {r['deploy']}"
+    form += (", channels-last" if r["channels_last"] else "") + (", compiled" if r["compile"] else "")
+    return f"{r['input_size']}px batch {r['batch_size']} width {r['width_mult']:g}, {form}"
+
+
+def verdicts(rows: list[dict], layers: list[dict]) -> list[str]:
+    """The issue's targets, checked on every row they apply to."""
+    lines = []
+    for r in rows:
+        if r["model"] != "vgg11_gmp_lr" or r["baseline"] != "vgg11_gmp":
+            continue
+        need = 0.6 if r["mode"] == "train" else 0.75
+        ok = r["efficiency"] >= need
+        lines.append(
+            f"- vgg11_gmp_lr {r['mode']} ({_setting(r)}): speed-up {r['speedup']:.2f}x = {r['efficiency']:.2f} x the "
+            f"MAC ratio {r['mac_ratio']:.2f}x (target >= {need}): {'met' if ok else 'MISSED'}"
+        )
+    by_layer: dict[str, dict[str, dict]] = {}
+    for r in layers:
+        by_layer.setdefault(r["layer"], {})[r["form"]] = r
+    for layer, forms in by_layer.items():
+        cp = forms.get("tensorly-torch CP rank 1 (factorized)")
+        for form in ("rank-1 deployed (1x1 + dw 3x3)", "rank-1 deployed (1x1 + dw 3x1 + dw 1x3)"):
+            r = forms[form]
+            ok = r["speedup_vs_dense"] >= 0.5 * r["mac_ratio"]
+            faster = cp is None or r["latency_ms"] < cp["latency_ms"]
+            lines.append(
+                f"- {form}, {layer}: {r['speedup_vs_dense']:.2f}x dense = {r['speedup_vs_dense'] / r['mac_ratio']:.2f} "
+                f"x its MAC ratio {r['mac_ratio']:.2f}x (target >= 0.5): {'met' if ok else 'MISSED'}; "
+                + (
+                    "no tensorly-torch installed"
+                    if cp is None
+                    else f"vs tensorly-torch CP {cp['latency_ms']:.3f} ms: {'faster' if faster else 'SLOWER'}"
+                )
+            )
+    return lines
+
+
+def write_readme(out: Path, rows: list[dict], layers: list[dict], command: str) -> None:
+    head = (
+        "model",
+        "vs",
+        "mode",
+        "input",
+        "batch",
+        "width",
+        "form",
+        "MACs/img",
+        "baseline MACs/img",
+        "latency ms",
+        "baseline ms",
+        "speed-up",
+        "MAC ratio",
+        "efficiency",
+    )
+    body = []
+    for r in rows:
+        form = "train step" if r["mode"] == "train" else f"deploy {r['deploy']}"
+        form += (", channels-last" if r["channels_last"] else "") + (", compiled" if r["compile"] else "")
+        body.append(
+            [
+                r["model"],
+                r["baseline"],
+                r["mode"],
+                str(r["input_size"]),
+                str(r["batch_size"]),
+                f"{r['width_mult']:g}",
+                form,
+                f"{r['macs']:,}",
+                f"{r['baseline_macs']:,}",
+                _fmt(r["latency_ms"]),
+                _fmt(r["baseline_latency_ms"]),
+                _fmt(r["speedup"]),
+                _fmt(r["mac_ratio"]),
+                _fmt(r["efficiency"]),
+            ]
+        )
+    layer_body = [
+        [
+            r["layer"],
+            r["form"],
+            f"{r['macs']:,}",
+            _fmt(r["latency_ms"], ".3f"),
+            _fmt(r["speedup_vs_dense"]),
+            _fmt(r["mac_ratio"]),
+        ]
+        for r in layers
+    ]
+    text = [
+        "# Speed: low-rank models vs their dense twins (measured)",
+        "",
+        f"Made by `{command}` on {platform.machine()} with {torch.get_num_threads()} threads, "
+        f"PyTorch {torch.__version__}, fp32.",
+        "",
+        "MACs are per image for one forward pass of what runs (1 MAC = 2 FLOPs). MAC ratio = baseline MACs / "
+        "MACs (the speed-up the counts promise); speed-up = baseline latency / latency (medians of interleaved "
+        "runs); efficiency = speed-up / MAC ratio.",
+        "",
+        markdown_table(head, body),
+        "",
+        "## Targets",
+        "",
+        *verdicts(rows, layers),
+        "",
+        "## One rank-1 layer vs tensorly-torch CP (rank 1) vs dense",
+        "",
+        markdown_table(("layer", "form", "MACs", "latency ms", "speed-up vs dense", "MAC ratio"), layer_body),
+        "",
+    ]
+    atomic_write_text(out / "README.md", "\n".join(text))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and repeats (a smoke test)")
+    parser.add_argument("--out", default="results/speed")
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    layers = layer_rows(args.quick)
+    rows = model_rows(args.quick)
+    atomic_write_text(out / "speed.json", json.dumps({"models": rows, "layers": layers}, indent=1))
+    write_readme(out, rows, layers, "python " + shlex.join(sys.argv))
+    print(f"written: {out}/README.md, {out}/speed.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Export (ONNX checked with onnxruntime, TorchScript), the bench command, torch.compile."""
+
+import json
+
+import pytest
+import torch
+from conftest import rel_err
+
+from lowrankcnn import create_model, list_models, model_info
+from lowrankcnn.bench import BenchSettings, bench, dense_twin
+from lowrankcnn.cli import main
+from lowrankcnn.deploy import deploy
+from lowrankcnn.export import export_model, onnx_max_abs_diff, torchscript_max_abs_diff
+from lowrankcnn.training import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """A one-epoch kim_rank1_cifar10 (width 0.25, batch norm) on a Fashion-MNIST subset padded to 32."""
+    out = tmp_path_factory.mktemp("run") / "kim"
+    config = TrainConfig(
+        model="kim_rank1_cifar10",
+        out=str(out),
+        data="fashion-mnist",
+        width_mult=0.25,
+        epochs=1,
+        batch_size=64,
+        train_subset=256,
+        test_subset=64,
+        input_size=32,
+    )
+    Trainer(config, progress=False).fit()
+    return str(out / "last.pt")
+
+
+def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path):
+    model = create_model("vgg11_gmp_lr", in_chans=1, num_classes=10, width_mult=0.25, bn=True).eval()
+    deployed = deploy(model)
+    path = export_model(deployed, torch.randn(2, 1, 28, 28), tmp_path / "m.onnx", "onnx")
+    assert path.exists() and not list(tmp_path.glob(".*tmp"))
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
+    diff = onnx_max_abs_diff(path, deployed, torch.randn(5, 1, 28, 28))  # another batch size: dynamic axis
+    assert diff < 1e-4
+
+
+def test_torchscript_export_matches(tmp_path):
+    model = create_model("nin_rank1", width_mult=0.25, bn=True).eval()
+    deployed = deploy(model, "dense")
+    path = export_model(deployed, torch.randn(2, 3, 30, 30), tmp_path / "m.pt", "torchscript")
+    assert torchscript_max_abs_diff(path, deployed, torch.randn(3, 3, 30, 30)) < 1e-5
+
+
+def test_export_refuses_training_mode_and_unknown_formats(tmp_path):
+    model = create_model("nin_c3_lr", width_mult=0.25)
+    with pytest.raises(ValueError, match="training mode"):
+        export_model(model.train(), torch.randn(1, 3, 30, 30), tmp_path / "m.pt", "torchscript")
+    with pytest.raises(ValueError, match="format must be one of onnx, torchscript"):
+        export_model(model.eval(), torch.randn(1, 3, 30, 30), tmp_path / "m.tflite", "tflite")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_export_torchscript_and_errors(checkpoint, tmp_path, capsys):
+    out = tmp_path / "kim.pt"
+    assert main(["export", "--checkpoint", checkpoint, "--format", "torchscript", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "max |difference| vs PyTorch" in text and out.exists()
+    with pytest.warns(DeprecationWarning):  # torch 2.13 deprecates TorchScript; loading still works
+        loaded = torch.jit.load(str(out))
+    assert loaded(torch.randn(4, 1, 32, 32)).shape == (4, 10)
+    args = ["export", "--checkpoint", checkpoint, "--out", str(tmp_path / "x.onnx"), "--format", "onnx"]
+    assert main([*args, "--channels-last"]) == 2
+    assert "ONNX has no memory format" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(tmp_path / "missing.pt"), "--format", "onnx", "--out", "x"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_cli_export_onnx(checkpoint, tmp_path, capsys):
+    out = tmp_path / "kim.onnx"
+    assert main(["export", "--checkpoint", checkpoint, "--format", "onnx", "--out", str(out), "--deploy", "dense"]) == 0
+    assert "exported to" in capsys.readouterr().out and out.exists()
+
+
+def test_dense_twins():
+    assert dense_twin("vgg11_gmp_lr_join") == "vgg11_gmp"
+    assert dense_twin("kim_rank1_mnist") == "kim_dense_mnist"
+    assert dense_twin("nin_c3_lr") == "nin"
+    assert dense_twin("googlenet_lr") == "googlenet"
+    assert dense_twin("vgg11_gmp") is None and dense_twin("kim_dense_cifar10") is None
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_bench_reports_consistent_numbers(train):
+    settings = BenchSettings(
+        input_size=32, batch_size=4, train=train, deploy="none" if train else "factorized", width_mult=0.125, repeats=3
+    )
+    result = bench("vgg11_gmp_lr", "vgg11_gmp", settings)
+    d = result.to_dict()
+    for key in ("model", "baseline", "macs", "baseline_macs", "speedup", "efficiency", "images_per_s"):
+        assert d[key] is not None
+    assert d["baseline_images_per_s"] > 0 and d["macs"] < d["baseline_macs"]
+    assert d["speedup"] == pytest.approx(d["baseline_latency_ms"] / d["latency_ms"])
+    assert d["efficiency"] == pytest.approx(d["speedup"] * d["macs"] / d["baseline_macs"])
+    assert d["images_per_s"] == pytest.approx(4 / d["latency_ms"] * 1e3)
+    assert "speed-up" in result.table()
+
+
+def test_bench_settings_are_checked():
+    with pytest.raises(ValueError, match="training step times the model as trained"):
+        bench("nin_c3_lr", settings=BenchSettings(train=True, deploy="factorized"))
+    with pytest.raises(ValueError, match="unknown model"):
+        bench("resnet50")
+    with pytest.raises(ValueError, match="deploy must be one of"):
+        bench("nin_c3_lr", settings=BenchSettings(deploy="fast"))
+
+
+def test_cli_bench_json_auto_deploy(capsys):
+    args = ["bench", "--model", "kim_rank1_cifar10", "--batch-size", "2", "--width-mult", "0.25", "--repeats", "2"]
+    assert (
+        main([*args, "--deploy", "auto", "--channels-last", "--json", "--threads", str(torch.get_num_threads())]) == 0
+    )
+    d = json.loads(capsys.readouterr().out)
+    assert d["baseline"] == "kim_dense_cifar10" and d["channels_last"] and d["deploy"] == "auto"
+    assert len(d["deploy_choices"]) == 6 and all(c["form"] in ("factorized", "dense") for c in d["deploy_choices"])
+    assert main([*args, "--train", "--deploy", "dense"]) == 2
+    assert "use deploy='none' with train" in capsys.readouterr().err
+
+
+def compiles_and_matches(name: str, backend: str) -> None:
+    """``torch.compile(fullgraph=True)`` of the model as trained and as deployed matches eager mode."""
+    torch._dynamo.reset()
+    model = create_model(name, width_mult=0.25).eval()
+    size = min(model_info(name).input_size, 64)
+    x = torch.randn(2, model.in_chans, size, size)
+    for candidate in (model, deploy(model)):
+        compiled = torch.compile(candidate, backend=backend, fullgraph=True)  # fullgraph: no graph breaks allowed
+        with torch.no_grad():
+            assert rel_err(compiled(x), candidate(x)) < 1e-5, (name, backend)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_torch_compile_captures_every_model(name):
+    compiles_and_matches(name, "aot_eager")  # Dynamo + AOTAutograd, without code generation
+
+
+@pytest.mark.parametrize("name", ["kim_rank1_cifar10"])
+def test_torch_compile_inductor(name):
+    compiles_and_matches(name, "inductor")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_torch_compile_inductor_every_model(name):
+    compiles_and_matches(name, "inductor")
