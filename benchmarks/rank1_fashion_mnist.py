@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import statistics
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from lowrankcnn.plot import plot_curves
 from lowrankcnn.profile import profile
 from lowrankcnn.tables import format_table, markdown_table
 from lowrankcnn.timing import inference_fn, interleaved
-from lowrankcnn.training import TrainConfig, Trainer
+from lowrankcnn.training import TrainConfig, Trainer, load_trained_model
 from lowrankcnn.training.checkpoint import atomic_write_text
 
 VARIANTS = {  # label -> (model, model kwargs)
@@ -39,8 +40,20 @@ VARIANTS = {  # label -> (model, model kwargs)
 NO_BN = {"rank-1 factors, no BN": VARIANTS["rank-1 factors"], "consecutive 1-D, no BN": VARIANTS["consecutive 1-D"]}
 
 
-def train_all(variants: dict, base: TrainConfig, runs: Path, extra: dict | None = None) -> dict[str, Trainer]:
-    trainers = {}
+@dataclass
+class Run:
+    """A finished run: the trained model (eval mode), its per-epoch history and its directory."""
+
+    model: torch.nn.Module
+    history: list[dict]
+    run_dir: Path
+
+
+def train_all(
+    variants: dict, base: TrainConfig, runs: Path, extra: dict | None = None, train: bool = True
+) -> dict[str, Run]:
+    """Train every variant (unless ``train`` is False) and load the finished runs from ``runs/<label>``."""
+    finished = {}
     for label, (model, kwargs) in variants.items():
         config = replace(
             base,
@@ -48,11 +61,12 @@ def train_all(variants: dict, base: TrainConfig, runs: Path, extra: dict | None 
             out=str(runs / label.replace(" ", "_").replace(",", "")),
             model_kwargs={**kwargs, **(extra or {})},
         )
-        print(f"== {label}: {model} {config.model_kwargs}", flush=True)
-        trainer = Trainer(config)
-        trainer.fit()
-        trainers[label] = trainer
-    return trainers
+        if train:
+            print(f"== {label}: {model} {config.model_kwargs}", flush=True)
+            Trainer(config).fit()
+        trained, _, state = load_trained_model(Path(config.out) / "last.pt")
+        finished[label] = Run(trained, state["history"], Path(config.out))
+    return finished
 
 
 def main() -> None:
@@ -70,6 +84,9 @@ def main() -> None:
     parser.add_argument("--no-bn-epochs", type=int, help="epochs of the no-batch-norm runs (default: --epochs)")
     parser.add_argument("--runs", default="runs/bench_rank1")
     parser.add_argument("--results", default="results/rank1_fashion_mnist")
+    parser.add_argument(
+        "--summarize-only", action="store_true", help="no training: rebuild the tables from the finished runs"
+    )
     args = parser.parse_args()
     runs, results = Path(args.runs), Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -87,34 +104,35 @@ def main() -> None:
         project_every=args.project_every,
         project_unit=args.project_unit,
     )
-    trainers = train_all(VARIANTS, base, runs, extra={"dropout": args.dropout})
+    train = not args.summarize_only
+    finished = train_all(VARIANTS, base, runs, extra={"dropout": args.dropout}, train=train)
 
     batch = torch.randn(64, 1, 32, 32)
     batch_cl = batch.contiguous(memory_format=torch.channels_last)
     fns = {}
-    for label, trainer in trainers.items():  # every model timed in both memory formats; the faster one counts
+    for label, run in finished.items():  # every model timed in both memory formats; the faster one counts
         for fmt, x, channels_last in (("NCHW", batch, False), ("NHWC", batch_cl, True)):
-            deployed = deploy(trainer.model, "auto", channels_last=channels_last, input_shape=tuple(x.shape))
+            deployed = deploy(run.model, "auto", channels_last=channels_last, input_shape=tuple(x.shape))
             fns[(label, fmt)] = inference_fn(deployed, x)
     raw = interleaved(fns, repeats=20, warmup=3)
     timings, formats = {}, {}
-    for label in trainers:
+    for label in finished:
         fmt = min(("NCHW", "NHWC"), key=lambda f: raw[(label, f)].median)
         timings[label], formats[label] = raw[(label, fmt)], fmt
-    dense = trainers["dense"]
-    dense_epoch = sum(r["epoch_time_s"] for r in dense.history) / len(dense.history)
+    dense = finished["dense"]
+    dense_epoch = statistics.median(r["epoch_time_s"] for r in dense.history)
     rows, stats = [], {}
-    for label, trainer in trainers.items():
-        dec, asm = profile(trainer.model, 32), profile(trainer.model, 32, rank1_form="assembled")
-        epoch_s = sum(r["epoch_time_s"] for r in trainer.history) / len(trainer.history)
-        train_ips = sum(r["train_images_per_s"] for r in trainer.history) / len(trainer.history)
+    for label, run in finished.items():
+        dec, asm = profile(run.model, 32), profile(run.model, 32, rank1_form="assembled")
+        epoch_s = statistics.median(r["epoch_time_s"] for r in run.history)
+        train_ips = statistics.median(r["train_images_per_s"] for r in run.history)
         infer_ips = 64 / timings[label].median
         speedup = timings["dense"].median / timings[label].median
-        stats[label] = (trainer.history[-1]["test_acc"], epoch_s / dense_epoch, speedup)
+        stats[label] = (run.history[-1]["test_acc"], epoch_s / dense_epoch, speedup)
         rows.append(
             [
                 label,
-                f"{100 * trainer.history[-1]['test_acc']:.2f}%",
+                f"{100 * run.history[-1]['test_acc']:.2f}%",
                 f"{dec.params:,}",
                 f"{asm.macs:,}",
                 f"{dec.macs:,}",
@@ -140,11 +158,12 @@ def main() -> None:
     print(format_table(head, rows))
 
     nobn_epochs = args.no_bn_epochs or args.epochs
-    nobn = train_all(NO_BN, replace(base, epochs=nobn_epochs), runs, extra={"bn": False, "dropout": args.dropout})
+    nobn_base = replace(base, epochs=nobn_epochs)
+    nobn = train_all(NO_BN, nobn_base, runs, extra={"bn": False, "dropout": args.dropout}, train=train)
     nobn_rows = [[label] + [f"{100 * r['test_acc']:.2f}%" for r in t.history] for label, t in nobn.items()]
     nobn_head = ("model (no batch norm)", *[f"epoch {i + 1}" for i in range(nobn_epochs)])
     print(format_table(nobn_head, nobn_rows))
-    plot_curves([t.run_dir for t in trainers.values()], results / "curves.png", labels=list(trainers))
+    plot_curves([t.run_dir for t in finished.values()], results / "curves.png", labels=list(finished))
     plot_curves([t.run_dir for t in nobn.values()], results / "curves_no_bn.png", labels=list(nobn))
 
     acc_dense = stats["dense"][0]
@@ -160,10 +179,17 @@ def main() -> None:
             f"{'met' if acc_dense - acc <= 0.015 else 'MISSED'}",
         ]
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    made_by = f"```sh\n{command}\n```"
+    if args.summarize_only:
+        made_by = (
+            f"```sh\n{command.replace(' --summarize-only', '')}\n```\n\nwith the tables (and the inference "
+            f"timings) rebuilt from its finished runs on a quiet machine by\n\n```sh\n{command}\n```"
+        )
     recipe = (
         f"Kim et al.'s CIFAR net at width_mult {args.width_mult} on full Fashion-MNIST zero-padded to 32x32; "
         f"{args.epochs} epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr} (cosine), weight decay "
-        f"{args.weight_decay}, dropout {args.dropout}, random crops + flips, seed {args.seed}; projected scheme "
+        f"{args.weight_decay}, dropout {args.dropout}, random crops + flips, seed {args.seed}; training "
+        "images/s and epoch times are medians over epochs (robust to other jobs on the machine); projected scheme "
         f"re-projected every {args.project_every} {args.project_unit}(s) and after the last step; 2-core CPU, fp32. "
         "MACs per image. Inference: deployed models (`lowrankcnn.deploy(model, 'auto')`: batch norm folded where it "
         "follows a conv, each rank-1 layer as 1x1 conv + depthwise 3x3 or as one dense conv, whichever this machine "
@@ -172,7 +198,7 @@ def main() -> None:
     )
     atomic_write_text(
         results / "README.md",
-        f"# Rank-1 CNNs on Fashion-MNIST\n\nMade by:\n\n```sh\n{command}\n```\n\n{recipe}\n\n"
+        f"# Rank-1 CNNs on Fashion-MNIST\n\nMade by:\n\n{made_by}\n\n{recipe}\n\n"
         f"{markdown_table(head, rows)}\n\n" + "\n".join(verdicts) + "\n\n![curves](curves.png)\n\n"
         f"## Trainability without batch norm\n\n{markdown_table(nobn_head, nobn_rows)}\n\n"
         "![curves](curves_no_bn.png)\n",

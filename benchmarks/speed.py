@@ -10,8 +10,9 @@ Sections (each row is one ``lowrankcnn.bench`` run: warm-up, then interleaved ti
 2. NiN variants vs ``nin`` at 30x30 batch 64.
 3. Rank-1 models vs their dense twins (Kim CIFAR/MNIST nets, ``vgg11_gmp_rank1``, ``nin_rank1``).
 4. ``torch.compile`` (inductor) for the headline pairs.
-5. A single rank-1 layer (deployed 1x1 + depthwise) vs tensorly-torch's CP ``FactorizedConv`` of
-   rank 1 (factorized implementation) vs the dense conv, at three layer sizes.
+5. A single rank-1 layer (deployed 1x1 + depthwise) vs tensorly-torch's CP ``FactorizedConv``
+   (factorized implementation) of rank C_out, the CP rank of a rank-1 layer's weight, and of rank 1,
+   vs the dense conv, at three layer sizes.
 
 Writes ``speed.json`` (every measurement) and ``README.md`` (tables, targets) under ``--out``.
 """
@@ -106,62 +107,83 @@ def model_rows(quick: bool) -> list[dict]:
     return rows
 
 
-def tensorly_cp_layer(dense: nn.Conv2d) -> nn.Module | None:
-    """tensorly-torch's rank-1 CP ``FactorizedConv`` (factorized implementation) shaped like ``dense``."""
+def tensorly_cp_layer(dense: nn.Conv2d, rank: int) -> nn.Module | None:
+    """tensorly-torch's CP ``FactorizedConv`` (factorized implementation) shaped like ``dense``.
+
+    Its forward is 1x1 (C_in -> rank), depthwise k x 1 and 1 x k on the rank channels, 1x1 (rank -> C_out).
+    A Kim rank-1 layer's weight ``W[o] = t_o ⊗ q_o ⊗ p_o`` is a CP tensor of rank C_out (one term per
+    filter, identity output factor), so ``rank = C_out`` is the CP layer that can represent it.
+    """
     try:
         import tltorch
     except ImportError:
         return None
-    c, k = dense.in_channels, dense.kernel_size[0]
+    k = dense.kernel_size[0]
     layer = tltorch.FactorizedConv(
-        c,
+        dense.in_channels,
         dense.out_channels,
         k,
         order=2,
         stride=1,
         padding=k // 2,
         factorization="cp",
-        rank=1,
+        rank=rank,
         implementation="factorized",
         bias=True,
     )
     return layer.eval()
 
 
+CP_SAME = "tensorly-torch CP rank C_out (factorized)"
+CP_ONE = "tensorly-torch CP rank 1 (factorized)"
+
+
+DEPLOYED_FORMS = ("rank-1 deployed (1x1 + dw 3x3)", "rank-1 deployed (1x1 + dw 3x1 + dw 1x3)")
+
+
 def layer_rows(quick: bool) -> list[dict]:
-    """One rank-1 layer, deployed (fused and chain), vs tensorly-torch CP rank 1 vs the dense conv."""
+    """One rank-1 layer, deployed (fused and chain), vs tensorly-torch CP layers vs the dense conv.
+
+    Every form is timed in both memory formats (NCHW and channels-last) in one interleaved run; speed-ups
+    are against the dense conv in its faster format.
+    """
     rows = []
     for channels, size, batch in ((64, 32, 64), (128, 16, 64), (256, 8, 64)):
         if quick:
             batch = 4
-        rank1 = Rank1Conv2d(channels, channels).eval()
-        dense = nn.Conv2d(channels, channels, 3, padding=1).eval()
-        layers: dict[str, nn.Module] = {
-            "dense 3x3": dense,
-            "rank-1 deployed (1x1 + dw 3x3)": rank1.deploy(fuse_spatial=True).eval(),
-            "rank-1 deployed (1x1 + dw 3x1 + dw 1x3)": rank1.deploy().eval(),
-            "rank-1 as trained (assembled 3x3)": rank1,
-        }
-        cp = tensorly_cp_layer(dense)
-        if cp is not None:
-            layers["tensorly-torch CP rank 1 (factorized)"] = cp
-        x = torch.randn(batch, channels, size, size)
-        timings = interleaved({k: inference_fn(m, x) for k, m in layers.items()}, repeats=3 if quick else 30, warmup=3)
-        positions = size * size
+        c, positions = channels, size * size
         macs = {
-            "dense 3x3": channels * channels * 9 * positions,
-            "rank-1 deployed (1x1 + dw 3x3)": (channels * channels + channels * 9) * positions,
-            "rank-1 deployed (1x1 + dw 3x1 + dw 1x3)": (channels * channels + channels * 6) * positions,
-            "rank-1 as trained (assembled 3x3)": channels * channels * 9 * positions,
-            # tensorly CP rank 1, factorized: 1x1 C->1, then 3x1 and 1x3 on one channel, then 1x1 1->C
-            "tensorly-torch CP rank 1 (factorized)": (channels + 3 + 3 + channels) * positions,
+            "dense 3x3": c * c * 9 * positions,
+            DEPLOYED_FORMS[0]: (c * c + c * 9) * positions,
+            DEPLOYED_FORMS[1]: (c * c + c * 6) * positions,
+            "rank-1 as trained (assembled 3x3)": c * c * 9 * positions,
+            CP_SAME: (c * c + 6 * c + c * c) * positions,
+            CP_ONE: (c + 6 + c) * positions,
         }
-        base = timings["dense 3x3"].median
-        for name, t in timings.items():
+        x = torch.randn(batch, channels, size, size)
+        fns = {}
+        for memory, fmt in (("NCHW", torch.contiguous_format), ("channels-last", torch.channels_last)):
+            rank1 = Rank1Conv2d(channels, channels).eval()
+            dense = nn.Conv2d(channels, channels, 3, padding=1).eval()
+            layers: dict[str, nn.Module | None] = {
+                "dense 3x3": dense,
+                DEPLOYED_FORMS[0]: rank1.deploy(fuse_spatial=True).eval(),
+                DEPLOYED_FORMS[1]: rank1.deploy().eval(),
+                "rank-1 as trained (assembled 3x3)": rank1,
+                CP_SAME: tensorly_cp_layer(dense, channels),
+                CP_ONE: tensorly_cp_layer(dense, 1),
+            }
+            for name, m in layers.items():
+                if m is not None:
+                    fns[(name, memory)] = inference_fn(m.to(memory_format=fmt), x.contiguous(memory_format=fmt))
+        timings = interleaved(fns, repeats=3 if quick else 30, warmup=3)
+        base = min(timings[("dense 3x3", m)].median for m in ("NCHW", "channels-last"))
+        for (name, memory), t in timings.items():
             rows.append(
                 {
                     "layer": f"{channels}->{channels} 3x3 @ {size}x{size}, batch {batch}",
                     "form": name,
+                    "memory": memory,
                     "macs": macs[name],
                     "latency_ms": t.median * 1e3,
                     "spread": t.spread,
@@ -169,7 +191,7 @@ def layer_rows(quick: bool) -> list[dict]:
                     "mac_ratio": macs["dense 3x3"] / macs[name],
                 }
             )
-            print(f"{rows[-1]['layer']:36s} {name:42s} {t.median * 1e3:8.3f} ms  {base / t.median:5.2f}x", flush=True)
+            print(f"{rows[-1]['layer']:34s} {name:42s} {memory:13s} {t.median * 1e3:8.3f} ms {base / t.median:5.2f}x")
     return rows
 
 
@@ -196,22 +218,23 @@ def verdicts(rows: list[dict], layers: list[dict]) -> list[str]:
             f"MAC ratio {r['mac_ratio']:.2f}x (target >= {need}): {'met' if ok else 'MISSED'}"
         )
     by_layer: dict[str, dict[str, dict]] = {}
-    for r in layers:
-        by_layer.setdefault(r["layer"], {})[r["form"]] = r
+    for r in layers:  # each form in its faster memory format
+        best = by_layer.setdefault(r["layer"], {})
+        if r["form"] not in best or r["latency_ms"] < best[r["form"]]["latency_ms"]:
+            best[r["form"]] = r
     for layer, forms in by_layer.items():
-        cp = forms.get("tensorly-torch CP rank 1 (factorized)")
-        for form in ("rank-1 deployed (1x1 + dw 3x3)", "rank-1 deployed (1x1 + dw 3x1 + dw 1x3)"):
+        cp = forms.get(CP_SAME)
+        for form in DEPLOYED_FORMS:
             r = forms[form]
             ok = r["speedup_vs_dense"] >= 0.5 * r["mac_ratio"]
             faster = cp is None or r["latency_ms"] < cp["latency_ms"]
+            versus = "no tensorly-torch installed"
+            if cp is not None:
+                versus = f"vs tensorly CP rank C_out {cp['latency_ms']:.3f} ms: {'faster' if faster else 'SLOWER'}"
             lines.append(
-                f"- {form}, {layer}: {r['speedup_vs_dense']:.2f}x dense = {r['speedup_vs_dense'] / r['mac_ratio']:.2f} "
-                f"x its MAC ratio {r['mac_ratio']:.2f}x (target >= 0.5): {'met' if ok else 'MISSED'}; "
-                + (
-                    "no tensorly-torch installed"
-                    if cp is None
-                    else f"vs tensorly-torch CP {cp['latency_ms']:.3f} ms: {'faster' if faster else 'SLOWER'}"
-                )
+                f"- {form} ({r['memory']}), {layer}: {r['speedup_vs_dense']:.2f}x dense = "
+                f"{r['speedup_vs_dense'] / r['mac_ratio']:.2f} x its MAC ratio {r['mac_ratio']:.2f}x (target >= 0.5): "
+                f"{'met' if ok else 'MISSED'}; {versus}"
             )
     return lines
 
@@ -258,7 +281,7 @@ def write_readme(out: Path, rows: list[dict], layers: list[dict], command: str) 
     layer_body = [
         [
             r["layer"],
-            r["form"],
+            f"{r['form']}, {r['memory']}",
             f"{r['macs']:,}",
             _fmt(r["latency_ms"], ".3f"),
             _fmt(r["speedup_vs_dense"]),
@@ -282,7 +305,7 @@ def write_readme(out: Path, rows: list[dict], layers: list[dict], command: str) 
         "",
         *verdicts(rows, layers),
         "",
-        "## One rank-1 layer vs tensorly-torch CP (rank 1) vs dense",
+        "## One rank-1 layer vs tensorly-torch CP vs dense",
         "",
         markdown_table(("layer", "form", "MACs", "latency ms", "speed-up vs dense", "MAC ratio"), layer_body),
         "",
@@ -295,12 +318,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and repeats (a smoke test)")
     parser.add_argument("--out", default="results/speed")
     parser.add_argument("--threads", type=int)
+    parser.add_argument(
+        "--only", choices=("layers", "models"), help="rerun one section, keeping the other from --out/speed.json"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    layers = layer_rows(args.quick)
-    rows = model_rows(args.quick)
+    previous = json.loads((out / "speed.json").read_text()) if args.only else {}
+    layers = layer_rows(args.quick) if args.only != "models" else previous["layers"]
+    rows = model_rows(args.quick) if args.only != "layers" else previous["models"]
     atomic_write_text(out / "speed.json", json.dumps({"models": rows, "layers": layers}, indent=1))
     write_readme(out, rows, layers, "python " + shlex.join(sys.argv))
     print(f"written: {out}/README.md, {out}/speed.json")

@@ -95,7 +95,7 @@ def prepare(name: str, s: BenchSettings) -> Candidate:
     x = x.contiguous(memory_format=memory_format)
     choices: list[dict] = []
     if s.train:
-        counted = profile(model, size, training=True, rank1_form="assembled")
+        counted = profile(model, size, rank1_form="assembled")  # eval-mode graph: GoogLeNet's aux heads not counted
         model = model.train().to(memory_format=memory_format)
         step_model = torch.compile(model) if s.compile else model
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
