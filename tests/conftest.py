@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     """Tests marked ``slow`` (long real-data runs) run only with RUN_SLOW=1 (`make test-slow`)."""
     if os.environ.get("RUN_SLOW") == "1":
         return
-    skip = pytest.mark.skip(reason="slow run (long real-data training or every-model inductor compile); use RUN_SLOW=1 (make test-slow)")
+    skip = pytest.mark.skip(reason="slow run; use RUN_SLOW=1 (make test-slow)")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
