@@ -159,7 +159,7 @@ class BenchResult:
 
     def to_dict(self) -> dict:
         s = self.settings
-        out = {
+        return {
             "model": self.model,
             "baseline": self.baseline,
             "mode": "train" if s.train else "inference",
@@ -186,7 +186,6 @@ class BenchResult:
             "efficiency": self.efficiency,
             "deploy_choices": self.deploy_choices,
         }
-        return out
 
     def table(self) -> str:
         """Two rows (model, baseline) and a line with the ratios."""

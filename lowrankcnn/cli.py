@@ -242,9 +242,10 @@ def cmd_export(args: argparse.Namespace) -> None:
         example = example.contiguous(memory_format=torch.channels_last)
     path = export_model(deployed, example, args.out, args.format)
     check = torch.randn(3, info["in_chans"], size, size)  # another batch size: the batch axis is dynamic
-    diff = (onnx_max_abs_diff if args.format == "onnx" else torchscript_max_abs_diff)(path, deployed, check)
     with torch.no_grad():
-        scale = float(deployed(check).abs().max())
+        expected = deployed(check)
+    diff = (onnx_max_abs_diff if args.format == "onnx" else torchscript_max_abs_diff)(path, check, expected)
+    scale = float(expected.abs().max())
     print(
         f"{config.model} (epoch {state['epoch']}, deploy {args.deploy}) exported to {path} as {args.format}: "
         f"input (N, {info['in_chans']}, {size}, {size}); max |difference| vs PyTorch on random inputs {diff:.2e} "
@@ -255,8 +256,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     baseline = args.baseline if args.baseline != "none" else None
     if args.baseline is None:
         baseline = dense_twin(args.model)

@@ -91,7 +91,7 @@ def _input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, t
     return shapes
 
 
-def _fastest(forms: dict[str, nn.Module], shape: torch.Size, channels_last: bool, repeats: int) -> dict[str, float]:
+def _time_forms(forms: dict[str, nn.Module], shape: torch.Size, channels_last: bool, repeats: int) -> dict[str, float]:
     """Median ms per call of each form on a random input of ``shape`` (timed interleaved)."""
     x = torch.randn(shape)
     if channels_last:
@@ -143,7 +143,7 @@ def deploy(
             forms = _candidates(module, target, rank1)
         except ValueError as err:
             raise ValueError(f"deploy: layer {name or type(module).__name__}: {err}; use target='factorized'") from None
-        ms = _fastest(forms, shapes[name], channels_last, repeats) if name in shapes and len(forms) > 1 else {}
+        ms = _time_forms(forms, shapes[name], channels_last, repeats) if name in shapes and len(forms) > 1 else {}
         form = min(ms, key=ms.__getitem__) if ms else next(iter(forms))
         chosen = forms[form]
         chosen.deploy_form, chosen.deploy_ms = form, ms

@@ -4,32 +4,21 @@ import json
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import rel_err, tiny_kim_config
 
 from lowrankcnn import create_model, list_models, model_info
 from lowrankcnn.bench import BenchSettings, bench, dense_twin
 from lowrankcnn.cli import main
 from lowrankcnn.deploy import deploy
 from lowrankcnn.export import export_model, onnx_max_abs_diff, torchscript_max_abs_diff
-from lowrankcnn.training import TrainConfig, Trainer
+from lowrankcnn.training import Trainer
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     """A one-epoch kim_rank1_cifar10 (width 0.25, batch norm) on a Fashion-MNIST subset padded to 32."""
     out = tmp_path_factory.mktemp("run") / "kim"
-    config = TrainConfig(
-        model="kim_rank1_cifar10",
-        out=str(out),
-        data="fashion-mnist",
-        width_mult=0.25,
-        epochs=1,
-        batch_size=64,
-        train_subset=256,
-        test_subset=64,
-        input_size=32,
-    )
-    Trainer(config, progress=False).fit()
+    Trainer(tiny_kim_config(out), progress=False).fit()
     return str(out / "last.pt")
 
 
@@ -39,7 +28,9 @@ def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path):
     path = export_model(deployed, torch.randn(2, 1, 28, 28), tmp_path / "m.onnx", "onnx")
     assert path.exists() and not list(tmp_path.glob(".*tmp"))
     assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
-    diff = onnx_max_abs_diff(path, deployed, torch.randn(5, 1, 28, 28))  # another batch size: dynamic axis
+    x = torch.randn(5, 1, 28, 28)  # another batch size: the batch axis is dynamic
+    with torch.no_grad():
+        diff = onnx_max_abs_diff(path, x, deployed(x))
     assert diff < 1e-4
 
 
@@ -47,7 +38,9 @@ def test_torchscript_export_matches(tmp_path):
     model = create_model("nin_rank1", width_mult=0.25, bn=True).eval()
     deployed = deploy(model, "dense")
     path = export_model(deployed, torch.randn(2, 3, 30, 30), tmp_path / "m.pt", "torchscript")
-    assert torchscript_max_abs_diff(path, deployed, torch.randn(3, 3, 30, 30)) < 1e-5
+    x = torch.randn(3, 3, 30, 30)
+    with torch.no_grad():
+        assert torchscript_max_abs_diff(path, x, deployed(x)) < 1e-5
 
 
 def test_export_refuses_training_mode_and_unknown_formats(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import rel_err, tiny_kim_config
 from torch import nn
 
 from lowrankcnn import create_model, list_models, profile
@@ -10,7 +10,7 @@ from lowrankcnn.analysis import output_rank
 from lowrankcnn.cli import main
 from lowrankcnn.layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
 from lowrankcnn.layers.fuse import equivalent_dense_conv
-from lowrankcnn.training import TrainConfig, Trainer
+from lowrankcnn.training import Trainer
 
 
 def conv_totals(name: str, form: str = "decomposed") -> tuple[int, int]:
@@ -120,18 +120,7 @@ def test_tight_bound_holds_and_papers_bound_only_with_one_spatial_pattern():
 
 
 def test_trained_rank1_model_ranks(tmp_path):
-    config = TrainConfig(
-        model="kim_rank1_cifar10",
-        out=str(tmp_path / "r"),
-        width_mult=0.25,
-        epochs=1,
-        batch_size=64,
-        train_subset=512,
-        test_subset=64,
-        input_size=32,
-        lr=0.01,
-    )
-    trainer = Trainer(config, progress=False)
+    trainer = Trainer(tiny_kim_config(tmp_path / "r", train_subset=512, lr=0.01), progress=False)
     trainer.fit()
     images = torch.cat([x for x, _ in trainer.data.test])
     rows = output_rank(trainer.model, images)
@@ -152,18 +141,8 @@ def _max_second_singular_ratio(layer: Rank1Conv2d) -> float:
 
 @pytest.mark.parametrize("unit", ["epoch", "step"])
 def test_projected_training_leaves_exact_rank1_filters(tmp_path, unit):
-    config = TrainConfig(
-        model="kim_rank1_cifar10",
-        out=str(tmp_path / unit),
-        width_mult=0.25,
-        epochs=1,
-        batch_size=64,
-        train_subset=256,
-        test_subset=64,
-        input_size=32,
-        project_unit=unit,
-        project_every=3,
-        model_kwargs={"rank1_scheme": "projected"},
+    config = tiny_kim_config(
+        tmp_path / unit, project_unit=unit, project_every=3, model_kwargs={"rank1_scheme": "projected"}
     )
     trainer = Trainer(config, progress=False)
     calls = []
