@@ -31,12 +31,15 @@ from lowrankcnn.timing import inference_fn, interleaved
 from lowrankcnn.training import TrainConfig, Trainer, load_trained_model
 from lowrankcnn.training.checkpoint import atomic_write_text
 
-VARIANTS = {  # label -> (model, model kwargs)
+VARIANTS = {  # label -> (model, model kwargs); "rank-1" = the authors' shared spatial vectors
     "dense": ("kim_dense_cifar10", {}),
     "rank-1 factors": ("kim_rank1_cifar10", {"rank1_scheme": "factors"}),
     "rank-1 projected": ("kim_rank1_cifar10", {"rank1_scheme": "projected"}),
     "consecutive 1-D": ("kim_flat_cifar10", {}),
+    "rank-1 factors, per-filter": ("kim_rank1_cifar10", {"rank1_scheme": "factors", "shared_spatial": False}),
+    "rank-1 projected, per-filter": ("kim_rank1_cifar10", {"rank1_scheme": "projected", "shared_spatial": False}),
 }
+DEFAULT_VARIANTS = ["dense", "rank-1 factors", "rank-1 projected", "consecutive 1-D"]
 NO_BN = {"rank-1 factors, no BN": VARIANTS["rank-1 factors"], "consecutive 1-D, no BN": VARIANTS["consecutive 1-D"]}
 
 
@@ -52,7 +55,12 @@ class Run:
 def train_all(
     variants: dict, base: TrainConfig, runs: Path, extra: dict | None = None, train: bool = True
 ) -> dict[str, Run]:
-    """Train every variant (unless ``train`` is False) and load the finished runs from ``runs/<label>``."""
+    """Train every variant and load the finished runs from ``runs/<label>``.
+
+    A variant whose ``last.pt`` already holds a finished run of the same config is not retrained (so
+    an interrupted benchmark, or one with variants added, trains only what is missing); ``train=False``
+    trains nothing.
+    """
     finished = {}
     for label, (model, kwargs) in variants.items():
         config = replace(
@@ -61,12 +69,23 @@ def train_all(
             out=str(runs / label.replace(" ", "_").replace(",", "")),
             model_kwargs={**kwargs, **(extra or {})},
         )
-        if train:
+        last = Path(config.out) / "last.pt"
+        if train and not _finished(last, config):
             print(f"== {label}: {model} {config.model_kwargs}", flush=True)
             Trainer(config).fit()
-        trained, _, state = load_trained_model(Path(config.out) / "last.pt")
+        trained, done, state = load_trained_model(last)
+        if done != config:
+            print(f"warning: {last} was trained with a different config than this command's", flush=True)
         finished[label] = Run(trained, state["history"], Path(config.out))
     return finished
+
+
+def _finished(last: Path, config: TrainConfig) -> bool:
+    """Whether ``last`` is a checkpoint of ``config`` trained to its last epoch."""
+    if not last.exists():
+        return False
+    _, done, state = load_trained_model(last)
+    return done == config and state["epoch"] == config.epochs
 
 
 def main() -> None:
@@ -81,7 +100,17 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.5, help="dropout after every pool and FC (authors: 0.5)")
     parser.add_argument("--project-every", type=int, default=1, help="projected scheme: project every N units")
     parser.add_argument("--project-unit", choices=("epoch", "step"), default="epoch")
-    parser.add_argument("--no-bn-epochs", type=int, help="epochs of the no-batch-norm runs (default: --epochs)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=DEFAULT_VARIANTS,
+        metavar="LABEL",
+        help=f"models to compare, from {list(VARIANTS)} (dense is always included)",
+    )
+    parser.add_argument(
+        "--no-bn-epochs", type=int, help="epochs of the no-batch-norm runs (default: --epochs; 0 skips them)"
+    )
     parser.add_argument("--runs", default="runs/bench_rank1")
     parser.add_argument("--results", default="results/rank1_fashion_mnist")
     parser.add_argument(
@@ -105,7 +134,9 @@ def main() -> None:
         project_unit=args.project_unit,
     )
     train = not args.summarize_only
-    finished = train_all(VARIANTS, base, runs, extra={"dropout": args.dropout}, train=train)
+    labels = ["dense", *[v for v in args.variants if v != "dense"]]
+    variants = {label: VARIANTS[label] for label in labels}
+    finished = train_all(variants, base, runs, extra={"dropout": args.dropout}, train=train)
 
     batch = torch.randn(64, 1, 32, 32)
     batch_cl = batch.contiguous(memory_format=torch.channels_last)
@@ -157,18 +188,24 @@ def main() -> None:
     )
     print(format_table(head, rows))
 
-    nobn_epochs = args.no_bn_epochs or args.epochs
-    nobn_base = replace(base, epochs=nobn_epochs)
-    nobn = train_all(NO_BN, nobn_base, runs, extra={"bn": False, "dropout": args.dropout}, train=train)
-    nobn_rows = [[label] + [f"{100 * r['test_acc']:.2f}%" for r in t.history] for label, t in nobn.items()]
-    nobn_head = ("model (no batch norm)", *[f"epoch {i + 1}" for i in range(nobn_epochs)])
-    print(format_table(nobn_head, nobn_rows))
     plot_curves([t.run_dir for t in finished.values()], results / "curves.png", labels=list(finished))
-    plot_curves([t.run_dir for t in nobn.values()], results / "curves_no_bn.png", labels=list(nobn))
+    nobn_epochs = args.epochs if args.no_bn_epochs is None else args.no_bn_epochs
+    nobn_section = ""
+    if nobn_epochs:
+        nobn_base = replace(base, epochs=nobn_epochs)
+        nobn = train_all(NO_BN, nobn_base, runs, extra={"bn": False, "dropout": args.dropout}, train=train)
+        nobn_rows = [[label] + [f"{100 * r['test_acc']:.2f}%" for r in t.history] for label, t in nobn.items()]
+        nobn_head = ("model (no batch norm)", *[f"epoch {i + 1}" for i in range(nobn_epochs)])
+        print(format_table(nobn_head, nobn_rows))
+        plot_curves([t.run_dir for t in nobn.values()], results / "curves_no_bn.png", labels=list(nobn))
+        nobn_section = (
+            f"## Trainability without batch norm\n\n{markdown_table(nobn_head, nobn_rows)}\n\n"
+            "![curves](curves_no_bn.png)\n"
+        )
 
     acc_dense = stats["dense"][0]
     verdicts = []
-    for label in ("rank-1 factors", "rank-1 projected"):
+    for label in (label for label in finished if label.startswith("rank-1")):
         acc, epoch_ratio, speedup = stats[label]
         verdicts += [
             f"- {label}: epoch time {epoch_ratio:.2f}x dense (target <= 1.3x): "
@@ -186,7 +223,9 @@ def main() -> None:
             f"timings) rebuilt from its finished runs on a quiet machine by\n\n```sh\n{command}\n```"
         )
     recipe = (
-        f"Kim et al.'s CIFAR net at width_mult {args.width_mult} on full Fashion-MNIST zero-padded to 32x32; "
+        'Kim et al.\'s CIFAR net ("rank-1": the authors\' shared spatial vectors; "per-filter": one vertical and '
+        f"one horizontal vector per filter) at width_mult {args.width_mult} on full Fashion-MNIST zero-padded to "
+        "32x32; "
         f"{args.epochs} epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr} (cosine), weight decay "
         f"{args.weight_decay}, dropout {args.dropout}, random crops + flips, seed {args.seed}; training "
         "images/s and epoch times are medians over epochs (robust to other jobs on the machine); projected scheme "
@@ -199,9 +238,7 @@ def main() -> None:
     atomic_write_text(
         results / "README.md",
         f"# Rank-1 CNNs on Fashion-MNIST\n\nMade by:\n\n{made_by}\n\n{recipe}\n\n"
-        f"{markdown_table(head, rows)}\n\n" + "\n".join(verdicts) + "\n\n![curves](curves.png)\n\n"
-        f"## Trainability without batch norm\n\n{markdown_table(nobn_head, nobn_rows)}\n\n"
-        "![curves](curves_no_bn.png)\n",
+        f"{markdown_table(head, rows)}\n\n" + "\n".join(verdicts) + "\n\n![curves](curves.png)\n\n" + nobn_section,
     )
     print("\n".join(verdicts))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import signal
 import sys
@@ -99,8 +100,21 @@ def cmd_models(args: argparse.Namespace) -> None:
     print(format_table(head, body, left=1, rules=False))
 
 
+def _model_kwarg(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> ``(KEY, value)``; the value is a Python literal (``False``, ``0.3``, ``(1, 2)``) or a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. shared_spatial=False), got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    model_kwargs: dict[str, object] = {} if args.dropout is None else {"dropout": args.dropout}
+    model_kwargs: dict[str, object] = dict(args.model_kwargs)
+    if args.dropout is not None:
+        model_kwargs["dropout"] = args.dropout
     if args.bn:
         model_kwargs["bn"] = True
     if args.rank1_scheme:
@@ -381,6 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="projected scheme: re-project every N epochs (or steps with --project-unit step)",
     )
     p.add_argument("--project-unit", choices=("epoch", "step"), default="epoch")
+    p.add_argument(
+        "--model-kwargs",
+        nargs="+",
+        type=_model_kwarg,
+        default=[],
+        metavar="KEY=VALUE",
+        help="more keyword arguments for create_model, e.g. shared_spatial=False (values are Python literals)",
+    )
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--seed", type=int, default=0)

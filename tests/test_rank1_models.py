@@ -1,5 +1,7 @@
 """Kim et al.'s networks, rank-1 zoo options, rank-1 counting, fused forms and output-rank analysis."""
 
+import math
+
 import pytest
 import torch
 from conftest import rel_err, tiny_kim_config
@@ -60,6 +62,19 @@ def test_shared_spatial_widths_stay_square():
     model = create_model("kim_rank1_cifar10", width_mult=0.5)
     widths = [m.out_channels for m in model.modules() if isinstance(m, Rank1Conv2d)]
     assert widths == [36, 36, 64, 64, 121, 121]  # round(num * sqrt(0.5))**2 for num 8, 12, 16
+
+
+def test_kim_rank1_unshared_spatial_option():
+    """``shared_spatial=False``: one vertical and one horizontal vector per filter, same widths and MACs."""
+    shared = create_model("kim_rank1_cifar10", width_mult=0.25)
+    unshared = create_model("kim_rank1_cifar10", width_mult=0.25, shared_spatial=False)
+    layers = [m for m in unshared.modules() if isinstance(m, Rank1Conv2d)]
+    assert [m.out_channels for m in layers] == [16, 16, 36, 36, 64, 64]
+    assert all(not m.shared_spatial and m.vertical.shape == (m.out_channels, 3) for m in layers)
+    assert shared.features.conv1a.vertical.shape == (4, 3)  # num = sqrt(16) shared vectors
+    assert profile(unshared, 32).macs == profile(shared, 32).macs
+    extra = sum(2 * 3 * (m.out_channels - math.isqrt(m.out_channels)) for m in layers)  # 2 directions x 3 taps
+    assert profile(unshared, 32).params == profile(shared, 32).params + extra
 
 
 @pytest.mark.parametrize("name, size", [("vgg11_gmp_rank1", 28), ("nin_rank1", 30)])

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lowrankcnn.cli import main
-from lowrankcnn.training import TrainConfig, Trainer, TrainingDiverged, load_checkpoint
+from lowrankcnn.layers import Rank1Conv2d
+from lowrankcnn.training import TrainConfig, Trainer, TrainingDiverged, load_checkpoint, load_trained_model
 from lowrankcnn.training.metrics import read_metrics
 
 DATA = Path(os.environ.get("LOWRANKCNN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
@@ -243,3 +244,21 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
         assert a["test_acc"] == pytest.approx(b["test_acc"], abs=2 / 128)
     assert not (tmp_path / "ddp" / "metrics.jsonl.tmp").exists()
+
+
+def test_cli_model_kwargs_reach_the_model_and_bad_ones_are_one_line(tmp_path, capsys):
+    args = ["train", "--model", "kim_rank1_cifar10", "--width-mult", "0.25", "--input-size", "32", "--epochs", "1"]
+    args += ["--train-subset", "200", "--test-subset", "100", "--batch-size", "100", "--no-progress"]
+    out = tmp_path / "run"
+    assert main([*args, "--out", str(out), "--model-kwargs", "shared_spatial=False", "rank1_scheme=projected"]) == 0
+    model, _, state = load_trained_model(out / "last.pt")
+    assert state["config"]["model_kwargs"] == {"shared_spatial": False, "rank1_scheme": "projected"}
+    layers = [m for m in model.modules() if isinstance(m, Rank1Conv2d)]
+    assert layers and all(not m.shared_spatial and m.scheme == "projected" for m in layers)
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--model-kwargs", "colour=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not accept colour=" in err
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "bad"), "--model-kwargs", "shared_spatial"])
+    assert "expected KEY=VALUE" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 Each net comes in three conv flavours with identical channel counts:
 
-* ``rank1``: ``Rank1Conv2d`` with the authors' shared spatial vectors (``C_out = num**2``);
+* ``rank1``: ``Rank1Conv2d`` with the authors' shared spatial vectors (``C_out = num**2``), or with
+  one vertical and one horizontal vector per filter (``shared_spatial=False``, the paper's description);
 * ``dense``: ordinary 3x3 convs;
 * ``flat``: ``ConsecutiveConv2d`` (1x1 -> depthwise 3x1 -> depthwise 1x3 trained as separate layers).
 
@@ -36,10 +37,14 @@ ConvFactory = Callable[[int, int, bool], nn.Module]
 """``(in_channels, out_channels, bias) -> 3x3 conv module``."""
 
 
-def conv_factory(kind: str, rank1_scheme: str = "factors") -> ConvFactory:
-    """The 3x3 conv of a flavour: ``"rank1"``, ``"dense"`` or ``"flat"``."""
+def conv_factory(kind: str, rank1_scheme: str = "factors", shared_spatial: bool = True) -> ConvFactory:
+    """The 3x3 conv of a flavour: ``"rank1"``, ``"dense"`` or ``"flat"``.
+
+    ``shared_spatial`` (rank-1 only): the authors' ``num`` shared vertical and horizontal vectors per
+    layer (True), or one vertical and one horizontal vector per filter (False, the paper's description).
+    """
     if kind == "rank1":
-        return lambda c, d, bias: Rank1Conv2d(c, d, 3, bias=bias, scheme=rank1_scheme, shared_spatial=True)
+        return lambda c, d, bias: Rank1Conv2d(c, d, 3, bias=bias, scheme=rank1_scheme, shared_spatial=shared_spatial)
     if kind == "dense":
         return lambda c, d, bias: nn.Conv2d(c, d, 3, padding=1, bias=bias)
     if kind == "flat":
@@ -174,10 +179,12 @@ def _register_family(net: type[nn.Module], dataset: str, size: int, chans: int, 
             in_chans: int = chans,
             width_mult: float = 1.0,
             rank1_scheme: str = "factors",
+            shared_spatial: bool = True,
             _kind: str = kind,
             **kwargs,
         ) -> nn.Module:
-            return net(conv_factory(_kind, rank1_scheme), num_classes, in_chans, width_mult, **kwargs)
+            conv = conv_factory(_kind, rank1_scheme, shared_spatial)
+            return net(conv, num_classes, in_chans, width_mult, **kwargs)
 
         builder.__name__ = name
         builder.__doc__ = f"Kim et al.'s {dataset.upper()} net with {kind} 3x3 convs ({net.__doc__.splitlines()[0]})"
