@@ -239,7 +239,8 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     assert main([*common, "--out", str(tmp_path / "single")]) == 0
     ddp, single = load_checkpoint(tmp_path / "ddp" / "last.pt"), load_checkpoint(tmp_path / "single" / "last.pt")
     for name, tensor in single["model"].items():
-        assert (ddp["model"][name] - tensor).abs().max() < 1e-4, name
+        diff = (ddp["model"][name] - tensor).abs().max().item()
+        assert diff < 1e-4, f"{name}: DDP and single-process weights differ by {diff:.2e}"
     for a, b in zip(ddp["history"], single["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
         assert a["test_acc"] == pytest.approx(b["test_acc"], abs=2 / 128)
