@@ -70,22 +70,16 @@ def train_all(
             model_kwargs={**kwargs, **(extra or {})},
         )
         last = Path(config.out) / "last.pt"
-        if train and not _finished(last, config):
+        loaded = load_trained_model(last) if last.exists() else None
+        if train and not (loaded and loaded[1] == config and loaded[2]["epoch"] == config.epochs):
             print(f"== {label}: {model} {config.model_kwargs}", flush=True)
             Trainer(config).fit()
-        trained, done, state = load_trained_model(last)
+            loaded = None
+        trained, done, state = loaded or load_trained_model(last)
         if done != config:
             print(f"warning: {last} was trained with a different config than this command's", flush=True)
         finished[label] = Run(trained, state["history"], Path(config.out))
     return finished
-
-
-def _finished(last: Path, config: TrainConfig) -> bool:
-    """Whether ``last`` is a checkpoint of ``config`` trained to its last epoch."""
-    if not last.exists():
-        return False
-    _, done, state = load_trained_model(last)
-    return done == config and state["epoch"] == config.epochs
 
 
 def main() -> None:

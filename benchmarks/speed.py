@@ -199,10 +199,14 @@ def _fmt(v: float | None, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _setting(r: dict) -> str:
+def _form(r: dict) -> str:
+    """What was timed: ``train step`` or ``deploy <target>``, plus channels-last / compiled."""
     form = "train step" if r["mode"] == "train" else f"deploy {r['deploy']}"
-    form += (", channels-last" if r["channels_last"] else "") + (", compiled" if r["compile"] else "")
-    return f"{r['input_size']}px batch {r['batch_size']} width {r['width_mult']:g}, {form}"
+    return form + (", channels-last" if r["channels_last"] else "") + (", compiled" if r["compile"] else "")
+
+
+def _setting(r: dict) -> str:
+    return f"{r['input_size']}px batch {r['batch_size']} width {r['width_mult']:g}, {_form(r)}"
 
 
 def verdicts(rows: list[dict], layers: list[dict]) -> list[str]:
@@ -258,8 +262,6 @@ def write_readme(out: Path, rows: list[dict], layers: list[dict], command: str) 
     )
     body = []
     for r in rows:
-        form = "train step" if r["mode"] == "train" else f"deploy {r['deploy']}"
-        form += (", channels-last" if r["channels_last"] else "") + (", compiled" if r["compile"] else "")
         body.append(
             [
                 r["model"],
@@ -268,7 +270,7 @@ def write_readme(out: Path, rows: list[dict], layers: list[dict], command: str) 
                 str(r["input_size"]),
                 str(r["batch_size"]),
                 f"{r['width_mult']:g}",
-                form,
+                _form(r),
                 f"{r['macs']:,}",
                 f"{r['baseline_macs']:,}",
                 _fmt(r["latency_ms"]),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -232,8 +232,8 @@ def bench(model: str, baseline: str | None = None, settings: BenchSettings | Non
     for name in filter(None, (model, baseline)):
         if name not in list_models():
             raise ValueError(f"bench: unknown model {name!r}; run `lowrankcnn models` to list them")
-    if s.input_size is None:
-        s.input_size = model_info(model).input_size
+    if s.input_size is None:  # a copy: the caller's settings stay as given
+        s = replace(s, input_size=model_info(model).input_size)
     a = prepare(model, s)
     fns = {"model": a.run}
     b = prepare(baseline, s) if baseline else None
