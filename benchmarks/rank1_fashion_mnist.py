@@ -29,7 +29,7 @@ from lowrankcnn.profile import profile
 from lowrankcnn.tables import format_table, markdown_table
 from lowrankcnn.timing import inference_fn, interleaved
 from lowrankcnn.training import TrainConfig, Trainer, load_trained_model
-from lowrankcnn.training.checkpoint import atomic_write_text
+from lowrankcnn.utils import atomic_write_text
 
 VARIANTS = {  # label -> (model, model kwargs); "rank-1" = the authors' shared spatial vectors
     "dense": ("kim_dense_cifar10", {}),

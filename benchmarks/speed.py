@@ -34,7 +34,7 @@ from lowrankcnn.bench import BenchSettings, bench
 from lowrankcnn.layers import Rank1Conv2d
 from lowrankcnn.tables import markdown_table
 from lowrankcnn.timing import inference_fn, interleaved
-from lowrankcnn.training.checkpoint import atomic_write_text
+from lowrankcnn.utils import atomic_write_text
 
 VGG_VARIANTS = (
     "vgg11_gmp_sf",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lowrankcnn.demo import compare, summarize
 from lowrankcnn.training import TrainConfig
-from lowrankcnn.training.checkpoint import atomic_write_text
+from lowrankcnn.utils import atomic_write_text
 
 
 def main() -> None:

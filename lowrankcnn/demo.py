@@ -20,7 +20,7 @@ from .profile import profile
 from .tables import format_table, markdown_table
 from .timing import inference_fn, interleaved
 from .training import TrainConfig, Trainer, load_trained_model
-from .training.checkpoint import atomic_write_text
+from .utils import atomic_write_text
 
 HEAD = ("model", "params", "MACs", "test acc", "train img/s", "infer img/s", "speed-up", "MAC ratio")
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .training.checkpoint import atomic_path
+from .utils import atomic_path
 
 FORMATS = ("onnx", "torchscript")
 

@@ -1,30 +1,37 @@
-"""Figures: training curves of several runs, and confusion matrices (matplotlib, Agg backend)."""
+"""Figures: training curves of several runs, and confusion matrices (matplotlib, imported on first use)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from .training.metrics import read_metrics
+from .utils import atomic_write_bytes
 
-from .training.checkpoint import atomic_write_bytes  # noqa: E402
-from .training.metrics import read_metrics  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def _save(fig: plt.Figure, out: str | Path) -> None:
+def _figure(figsize: tuple[float, float], ncols: int = 1) -> tuple[Figure, object]:
+    """A figure not registered with pyplot (no GUI backend needed, nothing to close) and its axes."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(1, ncols)
+
+
+def _save(fig: Figure, out: str | Path) -> None:
     atomic_write_bytes(out, lambda f: fig.savefig(f, format=Path(out).suffix.lstrip(".") or "png", dpi=120))
-    plt.close(fig)
 
 
 def plot_curves(run_dirs: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None) -> None:
     """Loss and accuracy per epoch (train dashed, test solid) of each run, on one 1x2 figure."""
     if not run_dirs:
         raise ValueError("plot: give at least one run directory")
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_acc) = _figure((11, 4), ncols=2)
     for i, run in enumerate(run_dirs):
         rows = read_metrics(run)
         if not rows:
@@ -50,7 +57,7 @@ def plot_confusion(matrix: torch.Tensor, class_names: Sequence[str], out: str | 
     counts = matrix.double()
     rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.6 * n))
+    fig, ax = _figure((1.0 + 0.6 * n, 0.8 + 0.6 * n))
     ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), class_names, fontsize=8)

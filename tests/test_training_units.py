@@ -6,6 +6,7 @@ import pickle
 import pytest
 import torch
 
+from lowrankcnn.errors import RunDirectoryError
 from lowrankcnn.training import LRSchedule, load_checkpoint, save_checkpoint
 from lowrankcnn.training.metrics import read_metrics, write_metrics
 
@@ -62,7 +63,7 @@ def test_checkpoint_round_trip_and_atomicity(tmp_path):
     def boom(_f):
         raise RuntimeError("disk full")
 
-    from lowrankcnn.training.checkpoint import atomic_write_bytes
+    from lowrankcnn.utils import atomic_write_bytes
 
     with pytest.raises(RuntimeError):
         atomic_write_bytes(path, boom)
@@ -109,12 +110,13 @@ def test_metrics_files(tmp_path):
     csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("epoch,lr,train_loss") and len(csv_lines) == 3
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{broken\n')
-    with pytest.raises(ValueError, match="metrics.jsonl:2 is not valid JSON"):
+    with pytest.raises(RunDirectoryError, match="metrics.jsonl:2 is not valid JSON"):
         read_metrics(tmp_path)
 
 
 def test_every_train_flag_reaches_the_config():
-    from lowrankcnn.cli import _train_config, build_parser
+    from lowrankcnn.cli import build_parser
+    from lowrankcnn.cli.train import _train_config
 
     flags = (
         "train --model kim_rank1_cifar10 --out runs/x --epochs 3 --batch-size 32 --lr 0.1 --optimizer adamw "

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError, ShapeError
 from .concat import ParallelConcat
 from .dense import conv2d_from_weights
 
@@ -35,7 +36,7 @@ def _group_padding(basis: Sequence[BasisGroup], layer: str) -> list[tuple[int, i
     for axis, name in ((0, "kernel_h"), (1, "kernel_w")):
         extents = sorted({g[axis] for g in basis})
         if any(k % 2 == 0 for k in extents) and len(extents) > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"{layer}: basis {list(basis)} mixes {name} extents {extents}; an even "
                 f"{name} cannot be aligned with a different one. Use odd kernels "
                 "(3, 5, ...) or give every group the same even extent."
@@ -46,18 +47,18 @@ def _group_padding(basis: Sequence[BasisGroup], layer: str) -> list[tuple[int, i
 def validate_basis(basis: Sequence[Sequence[int]], layer: str = "CompositeConv2d") -> list[BasisGroup]:
     """Check a basis description and return it as a list of int triples."""
     if not isinstance(basis, Sequence) or isinstance(basis, (str, bytes)) or len(basis) == 0:
-        raise ValueError(
+        raise ConfigError(
             f"{layer}: basis must be a non-empty list of (kernel_h, kernel_w, n_filters) "
             f"groups, e.g. [(3, 1, 32), (1, 3, 32)]; got {basis!r}"
         )
     groups: list[BasisGroup] = []
     for i, group in enumerate(basis):
         if len(group) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in group):
-            raise ValueError(
+            raise ConfigError(
                 f"{layer}: basis group {i} is {group!r}; expected three integers (kernel_h, kernel_w, n_filters)"
             )
         if min(group) <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{layer}: basis group {i} is {tuple(group)}; kernel sizes and filter "
                 "counts must all be positive integers"
             )
@@ -99,11 +100,11 @@ class CompositeConv2d(nn.Module):
         super().__init__()
         name = type(self).__name__
         if not isinstance(in_channels, int) or in_channels <= 0:
-            raise ValueError(f"{name}: in_channels must be a positive integer, got {in_channels!r}")
+            raise ConfigError(f"{name}: in_channels must be a positive integer, got {in_channels!r}")
         if not isinstance(stride, int) or stride <= 0:
-            raise ValueError(f"{name}: stride must be a positive integer, got {stride!r}")
+            raise ConfigError(f"{name}: stride must be a positive integer, got {stride!r}")
         if join is not None and (not isinstance(join, int) or join <= 0):
-            raise ValueError(f"{name}: join must be None or a positive channel count, got {join!r}")
+            raise ConfigError(f"{name}: join must be None or a positive channel count, got {join!r}")
         self.basis = validate_basis(basis, name)
         self.in_channels = in_channels
         self.stride = stride
@@ -117,7 +118,7 @@ class CompositeConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
+            raise ShapeError(
                 f"{type(self).__name__}: expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
         y = torch.cat([conv(x) for conv in self.groups], dim=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .composite import CompositeConv2d
 from .rank1 import ConsecutiveConv2d, Rank1Conv2d
 from .separable import SeparableConv2d
@@ -26,7 +27,7 @@ def batchnorm_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor,
     batch's own statistics even in eval mode, which no fixed affine map reproduces).
     """
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(f"{type(bn).__name__} without running statistics cannot be folded")
+        raise ConfigError(f"{type(bn).__name__} without running statistics cannot be folded")
     scale = torch.rsqrt(bn.running_var + bn.eps)
     shift = -bn.running_mean * scale
     if bn.weight is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .composite import CompositeConv2d
 from .dense import conv2d_from_weights
 from .rank1 import ConsecutiveConv2d, Rank1Conv2d, assemble
@@ -44,16 +45,16 @@ def dense_filters(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None,
         return weight, bias, (v.stride[0], h.stride[1]), (v.padding[0], h.padding[1])
     if isinstance(module, nn.Conv2d) and module.groups == 1 and module.dilation == (1, 1):
         if isinstance(module.padding, str):
-            raise ValueError(f"dense_filters: string padding {module.padding!r} is not supported")
+            raise ConfigError(f"dense_filters: string padding {module.padding!r} is not supported")
         return module.weight, module.bias, module.stride, module.padding
-    raise ValueError(f"dense_filters: no dense equivalent for {type(module).__name__}")
+    raise ConfigError(f"dense_filters: no dense equivalent for {type(module).__name__}")
 
 
 @torch.no_grad()
 def equivalent_dense_conv(module: nn.Module) -> nn.Conv2d:
     """An ``nn.Conv2d`` computing exactly what ``module`` computes (the fused deploy form)."""
     if isinstance(module, SeparableConv2d) and module.horizontal.bias is not None and module.horizontal.bias.any():
-        raise ValueError(
+        raise ConfigError(
             "equivalent_dense_conv: this SeparableConv2d's 1xk conv has a non-zero bias, which the kx1 conv's "
             "zero padding cuts off at the borders, so no single conv equals it; keep it factorized"
         )

@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .composite import CompositeConv2d
 from .rank1 import Rank1Conv2d
 
@@ -68,7 +69,7 @@ def init_composite_(module: nn.Module, mode: InitMode = "fan_out", gain: float =
     batch-norm layers are reset to weight 1, bias 0.
     """
     if mode not in ("fan_out", "fan_in"):
-        raise ValueError(f"init_composite_: mode must be 'fan_out' or 'fan_in', got {mode!r}")
+        raise ConfigError(f"init_composite_: mode must be 'fan_out' or 'fan_in', got {mode!r}")
     handled: set[nn.Module] = set()
     for sub in module.modules():
         if isinstance(sub, CompositeConv2d):

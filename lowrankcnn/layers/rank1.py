@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError, ShapeError
+
 Rank1Scheme = Literal["factors", "projected"]
 SCHEMES: tuple[str, ...] = ("factors", "projected")
 
@@ -40,14 +42,14 @@ SCHEMES: tuple[str, ...] = ("factors", "projected")
 def _pair(value: int | tuple[int, int], what: str, layer: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise ValueError(f"{layer}: {what} must be a positive int or a pair of them, got {value!r}")
+        raise ConfigError(f"{layer}: {what} must be a positive int or a pair of them, got {value!r}")
     return pair  # type: ignore[return-value]
 
 
 def _check_channels(layer: str, in_channels: int, out_channels: int) -> None:
     for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
         if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{layer}: {arg} must be a positive integer, got {value!r}")
+            raise ConfigError(f"{layer}: {arg} must be a positive integer, got {value!r}")
 
 
 def assemble(t: torch.Tensor, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -180,7 +182,7 @@ class Rank1Conv2d(nn.Module):
         name = type(self).__name__
         _check_channels(name, in_channels, out_channels)
         if scheme not in SCHEMES:
-            raise ValueError(f"{name}: scheme must be 'factors' or 'projected', got {scheme!r}")
+            raise ConfigError(f"{name}: scheme must be 'factors' or 'projected', got {scheme!r}")
         self.in_channels, self.out_channels, self.scheme = in_channels, out_channels, scheme
         self.kernel_size = _pair(kernel_size, "kernel_size", name)
         self.stride = _pair(stride, "stride", name)
@@ -190,7 +192,7 @@ class Rank1Conv2d(nn.Module):
         if shared_spatial:
             num = math.isqrt(out_channels)
             if num * num != out_channels:
-                raise ValueError(
+                raise ConfigError(
                     f"{name}: shared_spatial needs out_channels = num**2 (num vertical x num horizontal vectors), "
                     f"got {out_channels}; use e.g. {num * num} or {(num + 1) ** 2}"
                 )
@@ -269,13 +271,13 @@ class Rank1Conv2d(nn.Module):
     def project_(self) -> None:
         """Replace every filter by its best rank-1 approximation (``projected`` scheme only)."""
         if self.scheme != "projected":
-            raise ValueError(f"{type(self).__name__}: project_() applies to scheme='projected' only")
+            raise ConfigError(f"{type(self).__name__}: project_() applies to scheme='projected' only")
         t, q, p = self._fit()
         self.weight.copy_(assemble(t, q[self.vertical_index.cpu()], p[self.horizontal_index.cpu()]).to(self.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
+            raise ShapeError(
                 f"{type(self).__name__}: expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
         return F.conv2d(x, self.assembled_weight(), self.bias, self.stride, self.padding)
@@ -328,7 +330,7 @@ class ConsecutiveConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
+            raise ShapeError(
                 f"{type(self).__name__}: expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
         return self.horizontal(self.vertical(self.channel(x)))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError, ShapeError
+
 
 class SeparableConv2d(nn.Module):
     """``1 x k`` conv to ``out_channels`` followed by a ``k x 1`` conv, no activation between.
@@ -28,9 +30,9 @@ class SeparableConv2d(nn.Module):
         name = type(self).__name__
         for arg, value in (("in_channels", in_channels), ("out_channels", out_channels), ("stride", stride)):
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}: {arg} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name}: {arg} must be a positive integer, got {value!r}")
         if not isinstance(kernel_size, int) or kernel_size <= 0 or kernel_size % 2 == 0:
-            raise ValueError(f"{name}: kernel_size must be a positive odd integer (3, 5, ...), got {kernel_size!r}")
+            raise ConfigError(f"{name}: kernel_size must be a positive odd integer (3, 5, ...), got {kernel_size!r}")
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         pad = kernel_size // 2
         self.horizontal = nn.Conv2d(in_channels, out_channels, (1, kernel_size), (1, stride), (0, pad), bias=bias)
@@ -38,7 +40,7 @@ class SeparableConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
+            raise ShapeError(
                 f"{type(self).__name__}: expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
         return self.vertical(self.horizontal(x))

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ShapeError
+
 
 def check_input(x: torch.Tensor, model: str, in_chans: int, min_size: int) -> None:
     """Raise a one-line ``ValueError`` unless ``x`` is ``(N, in_chans, H, W)`` with ``H, W >= min_size``."""
     if x.dim() != 4 or x.shape[1] != in_chans:
-        raise ValueError(
+        raise ShapeError(
             f"{model}: expected a batch of images shaped (N, {in_chans}, H, W), got {tuple(x.shape)}; "
             f"build the model with in_chans={x.shape[1] if x.dim() == 4 else '...'} for other inputs"
         )
     if min(x.shape[-2:]) < min_size:
-        raise ValueError(
+        raise ShapeError(
             f"{model}: input {tuple(x.shape[-2:])} is too small; this architecture needs H and W >= {min_size}"
         )

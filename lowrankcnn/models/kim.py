@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..errors import ConfigError, ShapeError
 from ..layers import ConsecutiveConv2d, Rank1Conv2d
 from ._common import check_input
 from .registry import register_model, scale_width
@@ -49,7 +50,7 @@ def conv_factory(kind: str, rank1_scheme: str = "factors", shared_spatial: bool 
         return lambda c, d, bias: nn.Conv2d(c, d, 3, padding=1, bias=bias)
     if kind == "flat":
         return lambda c, d, bias: ConsecutiveConv2d(c, d, 3, bias=bias)
-    raise ValueError(f"unknown conv flavour {kind!r}")
+    raise ConfigError(f"unknown conv flavour {kind!r}")
 
 
 def _square_width(num: int, width_mult: float) -> int:
@@ -68,7 +69,7 @@ class _FixedInputNet(nn.Module):
         name = getattr(self, "model_name", type(self).__name__)
         check_input(x, name, self.in_chans, self.min_size)
         if x.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(
+            raise ShapeError(
                 f"{name}: built for {self.input_size}x{self.input_size} inputs (its fc1 size depends on it), "
                 f"got {tuple(x.shape[-2:])}; pass input_size= to create_model"
             )

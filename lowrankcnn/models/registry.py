@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..layers import init_composite_
 
 
@@ -53,7 +54,7 @@ def register_model(
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if fn.__name__ in _builders:
-            raise ValueError(f"register_model: {fn.__name__!r} is already registered")
+            raise ConfigError(f"register_model: {fn.__name__!r} is already registered")
         _builders[fn.__name__] = fn
         _infos[fn.__name__] = ModelInfo(
             fn.__name__, input_size, num_classes, dict(published or {}), notes, published_in_training, in_chans
@@ -67,7 +68,7 @@ def _check_name(name: str) -> None:
     if name not in _builders:
         close = difflib.get_close_matches(name, _builders, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}.{hint} Run `lowrankcnn models` to list them.")
+        raise ConfigError(f"unknown model {name!r}.{hint} $list_models shows every name.", param="model")
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -105,9 +106,9 @@ def create_model(
     _check_name(name)
     for arg, value in (("in_chans", in_chans), ("num_classes", num_classes)):
         if value is not None and (not isinstance(value, int) or value <= 0):
-            raise ValueError(f"create_model({name!r}): {arg} must be a positive integer, got {value!r}")
+            raise ConfigError(f"create_model({name!r}): {arg} must be a positive integer, got {value!r}")
     if not isinstance(width_mult, (int, float)) or width_mult <= 0:
-        raise ValueError(f"create_model({name!r}): width_mult must be > 0, got {width_mult!r}")
+        raise ConfigError(f"create_model({name!r}): width_mult must be > 0, got {width_mult!r}")
     classes = num_classes if num_classes is not None else _infos[name].num_classes
     in_chans = in_chans if in_chans is not None else _infos[name].in_chans
     try:
@@ -116,7 +117,7 @@ def create_model(
         unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err))
         if unexpected is None:
             raise
-        raise ValueError(
+        raise ConfigError(
             f"create_model: {name} does not accept {unexpected.group(1)}=...; see help(lowrankcnn.models) "
             "for the keyword arguments each family takes"
         ) from err

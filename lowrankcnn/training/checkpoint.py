@@ -9,54 +9,23 @@ so a crash never leaves a half-written file. It is loaded with
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..errors import CheckpointError, CheckpointNotFoundError
+from ..utils import atomic_write_bytes
+
 CHECKPOINT_FORMAT = 1
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path next to ``path``, renamed onto ``path`` if the block succeeds, removed if it fails.
-
-    The file gets the permissions a plain ``open`` would give it (0666 less the umask).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: str | Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temp file next to ``path``, then rename it to ``path``."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file + rename)."""
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Save ``state`` (plus a format tag) to ``path`` atomically."""
-    atomic_write_bytes(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **state}, f))
+    buffer = io.BytesIO()  # serialized in memory first: a full disk is then an OSError, not a torch RuntimeError
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
+    atomic_write_bytes(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -71,15 +40,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / "last.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; pass a .pt file written by `lowrankcnn train`")
+        raise CheckpointNotFoundError(f"checkpoint {path} not found; pass a .pt file written by lowrankcnn training")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not a readable checkpoint ({reason[:160]}); it may be truncated or corrupt, "
             "or not written by lowrankcnn. Use another checkpoint (e.g. best.pt) or retrain."
         ) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
-        raise ValueError(f"{path} is not a lowrankcnn checkpoint (no 'format'/'model' entries)")
+        raise CheckpointError(f"{path} is not a lowrankcnn checkpoint (no 'format'/'model' entries)")
     return state

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
+from ..errors import RunDirectoryError
+from ..utils import atomic_write_text
 
 METRIC_FIELDS = (
     "epoch",
@@ -38,11 +39,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The per-epoch rows of a run directory's ``metrics.jsonl``."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; is {run_dir} a run directory written by `lowrankcnn train`?")
+        raise RunDirectoryError(f"{path} not found; is {run_dir} a run directory written by lowrankcnn training?")
     rows = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{i} is not valid JSON ({err.msg}); the file is corrupt") from err
+            raise RunDirectoryError(f"{path}:{i} is not valid JSON ({err.msg}); the file is corrupt") from err
     return rows

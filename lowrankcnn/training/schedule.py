@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
+
 SCHEDULES = ("cosine", "step", "inverse")
 
 
@@ -35,7 +37,7 @@ class LRSchedule:
         patience: int = 2,
     ) -> None:
         if kind not in SCHEDULES:
-            raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
+            raise ConfigError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
         self.optimizer, self.kind, self.base_lr = optimizer, kind, base_lr
         self.total_steps, self.weight_decay = max(1, total_steps), weight_decay
         self.warmup_steps, self.patience = warmup_steps, patience

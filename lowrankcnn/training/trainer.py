@@ -24,18 +24,16 @@ from tqdm import tqdm
 
 from ..data import DataBundle, build_data
 from ..distributed import DistInfo, all_reduce_sum, setup, teardown
+from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..evaluate import evaluate, main_logits
 from ..layers import Rank1Conv2d
 from ..models import create_model
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from ..utils import atomic_write_text
+from .checkpoint import load_checkpoint, save_checkpoint
 from .metrics import write_metrics
 from .schedule import LRSchedule
 
 OPTIMIZERS = ("sgd", "adamw")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left intact."""
 
 
 @dataclass
@@ -74,18 +72,18 @@ class TrainConfig:
         """Raise ``ValueError`` for impossible settings, before any work is done."""
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"${name} must be at least 1, got {getattr(self, name)}", param=name)
         if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+            raise ConfigError(f"$lr must be a positive number, got {self.lr}", param="lr")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise ConfigError(f"$optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.project_every < 1 or self.project_unit not in ("epoch", "step"):
-            raise ValueError(
-                f"--project-every must be >= 1 and --project-unit 'epoch' or 'step', got "
+            raise ConfigError(
+                f"$project_every must be >= 1 and $project_unit 'epoch' or 'step', got "
                 f"{self.project_every} {self.project_unit!r}"
             )
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise ConfigError(f"$label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -143,7 +141,7 @@ def load_trained_model(path: str | Path) -> tuple[nn.Module, TrainConfig, dict[s
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit model {config.model} ({str(err).splitlines()[0]})") from err
+        raise CheckpointError(f"{path}: weights do not fit model {config.model} ({str(err).splitlines()[0]})") from err
     return model.eval(), config, state
 
 

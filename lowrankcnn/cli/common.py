@@ -1,0 +1,57 @@
+"""What several commands share: parent parsers for shared flags, thread and device set-up, ``KEY=VALUE`` parsing."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..distributed import default_threads
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def threads_parent() -> argparse.ArgumentParser:
+    """``--threads``."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--threads", type=positive_int, help="torch CPU threads (default: all cores, split among torchrun ranks)"
+    )
+    return p
+
+
+def json_parent() -> argparse.ArgumentParser:
+    """``--json``."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` torch CPU threads (``None``: the torchrun share of the cores, or torch's default)."""
+    threads = threads or default_threads()
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace], None],
+    help: str,
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> argparse.ArgumentParser:
+    """A sub-command parser whose parsed namespace carries ``func`` and the parser itself (for error rendering)."""
+    p = sub.add_parser(name, help=help, parents=list(parents))
+    p.set_defaults(func=func, parser=p)
+    return p

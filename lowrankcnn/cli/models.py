@@ -1,0 +1,121 @@
+"""``lowrankcnn profile`` and ``lowrankcnn models``: parameters and MACs, next to the published figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from ..errors import ConfigError
+from ..models import create_model, list_models, model_info
+from ..profile import ProfileResult, profile
+from ..tables import format_table
+from .common import add_command, json_parent
+
+
+def _build_meta(name: str, args: argparse.Namespace) -> torch.nn.Module:
+    """The model on the meta device: shapes only, nothing allocated or computed."""
+    with torch.device("meta"):
+        return create_model(name, num_classes=args.num_classes, in_chans=args.in_chans, width_mult=args.width_mult)
+
+
+def _profile_model(name: str, args: argparse.Namespace, convention: str, training: bool | None = None) -> ProfileResult:
+    size = args.input_size or model_info(name).input_size
+    training = args.training if training is None else training
+    return profile(_build_meta(name, args), size, convention=convention, training=training, rank1_form=args.rank1_form)
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    result = _profile_model(args.model, args, args.convention)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.table())
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    names = list_models(args.pattern)
+    if not names:
+        raise ConfigError(f"no model matches {args.pattern!r}; run `lowrankcnn models` to list them all")
+    rows = []
+    for name in names:
+        info = model_info(name)
+        result = _profile_model(name, args, "standard")
+        published = info.published.get("macs")
+        native = (args.input_size or info.input_size) == info.input_size and args.width_mult == 1.0
+        if published is not None and native and args.num_classes in (None, info.num_classes):
+            comparable = _profile_model(name, args, "paper", training=info.published_in_training).macs
+        else:
+            published = comparable = None
+        rows.append(
+            {
+                "model": name,
+                "input_size": result.input_size[-1],
+                "params": result.params,
+                "macs": result.macs,
+                "paper_convention_macs": comparable,
+                "published_macs": published,
+                "vs_published": None if published is None else comparable / published - 1.0,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    head = ("model", "input", "params", "MACs", "paper-convention MACs", "published MACs", "vs published")
+    body = [
+        (
+            r["model"],
+            str(r["input_size"]),
+            f"{r['params']:,}",
+            f"{r['macs']:,}",
+            *(
+                ("-", "-", "")
+                if r["published_macs"] is None
+                else (
+                    f"{r['paper_convention_macs']:,}",
+                    f"{r['published_macs']:,}",
+                    "exact" if r["vs_published"] == 0 else f"{100 * r['vs_published']:+.1f}%",
+                )
+            ),
+        )
+        for r in rows
+    ]
+    print(format_table(head, body, left=1, rules=False))
+
+
+def _model_shape_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--input-size", type=int, default=None, help="square input size (default: the model's native size)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's native count)")
+    p.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's native count)")
+    p.add_argument("--width-mult", type=float, default=1.0, help="channel width multiplier (default 1.0)")
+    p.add_argument("--training", action="store_true", help="count training-only parts (GoogLeNet's auxiliary heads)")
+    p.add_argument(
+        "--rank1-form",
+        choices=("decomposed", "assembled"),
+        default="decomposed",
+        help="count rank-1 layers as deployed (1-D chain, default) or as trained (assembled 3-D)",
+    )
+    return p
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parents = [_model_shape_parent(), json_parent()]
+    p = add_command(sub, "profile", cmd_profile, "per-layer parameters and MACs of a model", parents)
+    p.add_argument("model", help="registry name, e.g. vgg11_gmp_lr")
+    p.add_argument(
+        "--convention",
+        choices=("standard", "paper"),
+        default="standard",
+        help="'paper' adds one MAC per bias, as the published tables do",
+    )
+    p = add_command(
+        sub,
+        "models",
+        cmd_models,
+        "list models with params and MACs (standard convention, inference) at native input size, "
+        "next to the published figures (paper convention, training-only heads included where the paper did)",
+        parents,
+    )
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'vgg11*'")
