@@ -1,4 +1,4 @@
-"""Batch augmentation on uint8 image tensors: random crop with zero padding, horizontal flip, normalization.
+"""Batch augmentation on uint8 image tensors: fixed zero padding, random crop, horizontal flip, normalization.
 
 Randomness is drawn per batch as :class:`AugmentParams` (:meth:`BatchAugment.draw_params`) and applied separately
 (:meth:`BatchAugment.apply`), so a data-parallel rank can draw the parameters of the *global* batch and apply
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from ..errors import ConfigError, ShapeError
 
 
 @dataclass(frozen=True)
@@ -36,28 +38,38 @@ class AugmentParams:
 
 
 class BatchAugment:
-    """Augment and normalize batches of uint8 images ``(N, C, H, W)`` into float32 ``(N, C, H, W)``.
+    """Augment and normalize batches of uint8 images ``(N, C, H, W)`` into float32 ``(N, C, H + 2*pad, W + 2*pad)``.
 
-    Each image is (optionally) zero-padded by ``crop_padding`` on every side and cropped back to ``H x W`` at a
-    random offset, (optionally) mirrored with probability 1/2, then normalized as ``(x / 255 - mean) / std``.
-    Padding is black (zero before normalization), as with torchvision's ``RandomCrop(padding=...)``.
+    Each image is first zero-padded by ``pad`` on every side (a fixed border: how a dataset is brought to a larger
+    input size one batch at a time, never the whole set at once). Then it is (optionally) zero-padded by
+    ``crop_padding`` more and cropped back at a random offset, (optionally) mirrored with probability 1/2, and
+    normalized as ``(x / 255 - mean) / std``. Padding is black (zero before normalization), as with torchvision's
+    ``RandomCrop(padding=...)``.
 
     Args:
         mean: per-channel means of ``x / 255`` (length ``C``, or 1 to broadcast).
         std: per-channel standard deviations, same length as ``mean``.
         crop_padding: pixels of zero padding for the random crop; 0 disables cropping.
         flip: random horizontal flips.
+        pad: pixels of fixed zero padding on every side, applied before anything else.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], crop_padding: int = 0, flip: bool = False) -> None:
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], crop_padding: int = 0, flip: bool = False, pad: int = 0
+    ) -> None:
         if len(mean) != len(std) or not mean:
-            raise ValueError(f"BatchAugment: mean {list(mean)} and std {list(std)} must have the same, nonzero length")
-        if crop_padding < 0:
-            raise ValueError(f"BatchAugment: crop_padding must be >= 0, got {crop_padding}")
+            raise ConfigError(
+                f"BatchAugment: $mean {list(mean)} and $std {list(std)} must have the same, nonzero length",
+                param="mean",
+            )
+        for name, value in (("crop_padding", crop_padding), ("pad", pad)):
+            if type(value) is not int or value < 0:
+                raise ConfigError(f"BatchAugment: ${name} must be an integer >= 0, got {value!r}", param=name)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.crop_padding = crop_padding
         self.flip = flip
+        self.pad = pad
 
     @property
     def random(self) -> bool:
@@ -67,7 +79,7 @@ class BatchAugment:
     def __repr__(self) -> str:
         return (
             f"BatchAugment(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}, "
-            f"crop_padding={self.crop_padding}, flip={self.flip})"
+            f"crop_padding={self.crop_padding}, flip={self.flip}, pad={self.pad})"
         )
 
     def draw_params(self, n: int, generator: torch.Generator) -> AugmentParams:
@@ -85,17 +97,20 @@ class BatchAugment:
         return AugmentParams(offsets, flips)
 
     def apply(self, x: torch.Tensor, params: AugmentParams | None) -> torch.Tensor:
-        """Crop and flip ``x`` (uint8 ``(N, C, H, W)``) as ``params`` say, then normalize; ``None``: normalize only."""
+        """Pad ``x`` (uint8 ``(N, C, H, W)``), crop and flip it as ``params`` say, then normalize; ``None``: pad and
+        normalize only."""
         if x.ndim != 4 or x.dtype != torch.uint8:
-            raise ValueError(f"BatchAugment: expected uint8 (N, C, H, W) images, got {x.dtype} {tuple(x.shape)}")
+            raise ShapeError(f"BatchAugment: expected uint8 (N, C, H, W) images, got {x.dtype} {tuple(x.shape)}")
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4)
         if params is not None and self.random:
             if len(params) != len(x):
-                raise ValueError(f"BatchAugment: {len(params)} parameter sets for {len(x)} images")
+                raise ShapeError(f"BatchAugment: {len(params)} parameter sets for {len(x)} images")
             x = self._crop_flip(x, params.offsets.to(x.device), params.flips.to(x.device))
         return self.normalize(x)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment with fresh parameters drawn from ``generator``; with ``None``, normalize only."""
+        """Augment with fresh parameters drawn from ``generator``; with ``None``, pad and normalize only."""
         return self.apply(x, None if generator is None else self.draw_params(len(x), generator))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

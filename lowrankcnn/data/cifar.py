@@ -3,76 +3,28 @@
 CIFAR-10 (``cifar-10-batches-py/``): ``data_batch_1`` .. ``data_batch_5``, ``test_batch`` and ``batches.meta``.
 CIFAR-100 (``cifar-100-python/``): ``train``, ``test`` and ``meta`` (the 100 fine labels are used).
 Each batch is a Python-2 pickle of a dict with a ``data`` uint8 array ``(N, 3072)`` (1024 red, then green, then
-blue values of a 32x32 image, row-major) and a list of labels. Files are unpickled by :class:`RestrictedUnpickler`,
-which resolves only the globals a numpy array needs, so a tampered file cannot run code.
+blue values of a 32x32 image, row-major) and a list of integer labels. Files are unpickled by
+:class:`~lowrankcnn.data.safe_pickle.RestrictedUnpickler`, which rebuilds arrays from their bytes and resolves no
+other global, so a tampered file can neither run code nor declare more data than it holds.
+Only the files of the splits asked for (and the meta file) need to exist.
 """
 
 from __future__ import annotations
 
-import codecs
-import io
-import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-try:  # numpy >= 2
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct
+from ..errors import ConfigError, DataError, DataNotFoundError
+from .checks import Split
+from .safe_pickle import unpickle
 
+CifarVariant = Literal["cifar10", "cifar100"]
 _DOWNLOAD = "the python version from https://www.cs.toronto.edu/~kriz/cifar.html"
-
-
-class UnsafePickleError(ValueError):
-    """A pickle references a global that a CIFAR file never contains."""
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler resolving only the globals needed to rebuild numpy arrays; anything else is refused."""
-
-    ALLOWED: dict[tuple[str, str], Any] = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes in protocol 2
-    }
-
-    def __init__(self, file: io.BufferedIOBase, path: Path) -> None:
-        super().__init__(file, encoding="bytes")
-        self.path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self.ALLOWED[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"cifar: refusing to unpickle {self.path}: it references {module}.{name}, "
-                f"which a CIFAR batch never contains"
-            ) from None
-
-
-def unpickle(path: Path) -> dict:
-    """Unpickle one CIFAR file with :class:`RestrictedUnpickler`; its keys are decoded to ``str``.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is refused, truncated or corrupt, or is not a dict (message names the file).
-    """
-    data = path.read_bytes()
-    try:
-        obj = RestrictedUnpickler(io.BytesIO(data), path).load()
-    except UnsafePickleError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-        raise ValueError(f"{path}: truncated or corrupt CIFAR pickle ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
-    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 @dataclass(frozen=True)
@@ -87,6 +39,11 @@ class CifarLayout:
     label_key: str
     names_key: str
     num_classes: int
+
+    def files(self, splits: Sequence[Split]) -> tuple[str, ...]:
+        """The batch files of ``splits``, then the meta file."""
+        batches = (*(self.train_files if "train" in splits else ()), *((self.test_file,) if "test" in splits else ()))
+        return (*batches, self.meta_file)
 
 
 CIFAR_LAYOUTS: dict[str, CifarLayout] = {
@@ -106,52 +63,79 @@ CIFAR_LAYOUTS: dict[str, CifarLayout] = {
 }
 
 
-def cifar_dir(variant: str, data_dir: str | Path | None) -> Path:
+def _layout(variant: str) -> CifarLayout:
+    try:
+        return CIFAR_LAYOUTS[variant]
+    except (KeyError, TypeError):
+        raise ConfigError(f"$variant must be 'cifar10' or 'cifar100', got {variant!r}", param="variant") from None
+
+
+def cifar_dir(variant: CifarVariant, data_dir: str | Path | None, splits: Sequence[Split] = ("train", "test")) -> Path:
     """The folder holding ``variant``'s files: ``data_dir`` itself or its ``cifar-10-batches-py`` /
-    ``cifar-100-python`` subfolder.
+    ``cifar-100-python`` subfolder, whichever holds the batch files of ``splits`` and the meta file.
 
     Raises:
-        FileNotFoundError: neither holds every file (one line naming the folder and the files expected).
+        DataNotFoundError: neither holds them (one line naming the folder and the files expected).
     """
-    layout = CIFAR_LAYOUTS[variant]
-    files = (*layout.train_files, layout.test_file, layout.meta_file)
+    layout = _layout(variant)
+    files = layout.files(splits)
     if data_dir is None:
-        raise FileNotFoundError(
-            f"{variant}: no data directory given: pass --data-dir pointing at {layout.folder}/ ({_DOWNLOAD})"
+        raise DataNotFoundError(
+            f"{variant}: no data directory given: pass $data_dir pointing at {layout.folder}/ ({_DOWNLOAD})",
+            param="data_dir",
         )
     root = Path(data_dir).expanduser()
     for folder in (root, root / layout.folder):
         if all((folder / f).is_file() for f in files):
             return folder
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"{layout.name} not found in {root}: expected {', '.join(files)} there or in {root / layout.folder} "
-        f"({_DOWNLOAD})"
+        f"({_DOWNLOAD})",
+        param="data_dir",
     )
 
 
-def _decode_batch(path: Path, batch: dict, layout: CifarLayout) -> tuple[torch.Tensor, torch.Tensor]:
+def _show(value: Any) -> str:
+    """A short description of an unpickled value for an error message."""
+    if isinstance(value, (float, bool)) or (isinstance(value, (str, bytes)) and len(value) <= 20):
+        return f"{type(value).__name__} {value!r}"
+    return type(value).__name__
+
+
+def _decode_labels(path: Path, values: Any, layout: CifarLayout) -> np.ndarray:
+    """``values`` (a list of ints, or a 1-D integer array) as int64, each in ``0..num_classes-1``."""
+    key, n = layout.label_key, layout.num_classes
+    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "iu":
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise DataError(f"{path}: {key!r} must be a list of integer labels, got {_show(values)}")
+    bad = next((i for i, v in enumerate(values) if type(v) is not int), None)
+    if bad is not None:  # floats are not truncated, bools are not taken for 0/1
+        raise DataError(f"{path}: {key!r} must hold integer labels, but item {bad} is {_show(values[bad])}")
+    if values and (min(values) < 0 or max(values) >= n):
+        raise DataError(f"{path}: {key!r} holds labels outside 0..{n - 1}")
+    return np.array(values, dtype=np.int64)
+
+
+def _decode_batch(path: Path, batch: dict[str, Any], layout: CifarLayout) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate one unpickled batch and turn it into ``(uint8 (N,3,32,32), int64 (N,))``."""
     missing = [k for k in ("data", layout.label_key) if k not in batch]
     if missing:
-        raise ValueError(f"{path}: not a {layout.name} batch: missing key(s) {missing}, has {sorted(batch)}")
-    data, labels = batch["data"], batch[layout.label_key]
+        keys = sorted(k for k in batch if isinstance(k, str))[:10]
+        raise DataError(f"{path}: not a {layout.name} batch: missing key(s) {missing}, has {keys}")
+    data = batch["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        shape = getattr(data, "shape", None)
-        raise ValueError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {type(data).__name__} {shape}")
-    try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {layout.label_key!r} is not a list of integers") from e
+        shape = data.shape if isinstance(data, np.ndarray) else None
+        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {_show(data)} {shape}")
+    labels = _decode_labels(path, batch[layout.label_key], layout)
     if labels.shape != (len(data),):
-        raise ValueError(f"{path}: {len(data)} images but {layout.label_key!r} has shape {labels.shape}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= layout.num_classes):
-        raise ValueError(f"{path}: labels outside 0..{layout.num_classes - 1}")
+        raise DataError(f"{path}: {len(data)} images but {layout.label_key!r} holds {len(labels)} labels")
     images = torch.from_numpy(np.ascontiguousarray(data)).reshape(-1, 3, 32, 32)
     return images, torch.from_numpy(labels)
 
 
-def load_cifar(variant: str, data_dir: str | Path | None, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load a CIFAR split.
+def load_cifar(variant: CifarVariant, data_dir: str | Path | None, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a CIFAR split (only its files and the meta file need to exist).
 
     Args:
         variant: ``"cifar10"`` or ``"cifar100"``.
@@ -160,21 +144,32 @@ def load_cifar(variant: str, data_dir: str | Path | None, train: bool) -> tuple[
 
     Returns:
         ``(images, labels)``: uint8 ``(N, 3, 32, 32)`` (RGB) and int64 ``(N,)`` (fine labels for CIFAR-100).
+
+    Raises:
+        DataNotFoundError: the files are not there.
+        DataError: a file is corrupt, truncated, unsafe (:class:`~lowrankcnn.data.safe_pickle.UnsafePickleError`)
+            or not a CIFAR batch (e.g. non-integer labels); one line naming the file.
     """
-    layout = CIFAR_LAYOUTS[variant]
-    folder = cifar_dir(variant, data_dir)
-    parts = [
-        _decode_batch(folder / name, unpickle(folder / name), layout)
-        for name in (layout.train_files if train else (layout.test_file,))
-    ]
+    layout = _layout(variant)
+    split: Split = "train" if train else "test"
+    folder = cifar_dir(variant, data_dir, (split,))
+    names = layout.train_files if train else (layout.test_file,)
+    parts = [_decode_batch(folder / name, unpickle(folder / name), layout) for name in names]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def load_cifar_classes(variant: str, data_dir: str | Path | None) -> list[str]:
+def load_cifar_classes(variant: CifarVariant, data_dir: str | Path | None) -> list[str]:
     """Class names, in label order, from the variant's meta file (the fine labels for CIFAR-100)."""
-    layout = CIFAR_LAYOUTS[variant]
-    path = cifar_dir(variant, data_dir) / layout.meta_file
+    layout = _layout(variant)
+    path = cifar_dir(variant, data_dir, ()) / layout.meta_file
     names = unpickle(path).get(layout.names_key)
-    if not isinstance(names, list) or len(names) != layout.num_classes:
-        raise ValueError(f"{path}: expected {layout.num_classes} names under {layout.names_key!r}")
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    if (
+        not isinstance(names, list)
+        or len(names) != layout.num_classes
+        or not all(isinstance(n, (bytes, str)) for n in names)
+    ):
+        raise DataError(f"{path}: expected {layout.num_classes} names under {layout.names_key!r}")
+    try:
+        return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: a class name under {layout.names_key!r} is not UTF-8 text") from e

@@ -20,7 +20,9 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch.utils.data import DataLoader
 
+from ..errors import ConfigError, LowRankCNNError, ShapeError
 from .augment import BatchAugment
+from .checks import check_int, check_sharding
 from .imagefolder import ImageFolderDataset
 
 EPOCH_SEED_STRIDE = 1_000_003
@@ -56,30 +58,28 @@ class ShardedSource:
         batch_size: the global batch (all ranks together), divisible by ``world_size`` when training.
         train: shuffle, drop the last partial batch and slice global batches (else a contiguous shard in order).
         seed, rank, world_size: see the module doc.
+
+    Raises:
+        ConfigError: an argument is out of range, or the training set holds less than one global batch.
     """
 
     def __init__(self, num_total: int, batch_size: int, *, train: bool, seed: int, rank: int, world_size: int) -> None:
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        check_sharding(batch_size, seed, rank, world_size, train=train)
         self.num_total, self.batch_size, self.train, self.seed = num_total, batch_size, train, seed
         self.epoch = 0
         if train:
-            if batch_size % world_size:
-                raise ValueError(
-                    f"batch_size ({batch_size}) is the global batch and must be divisible by world_size ({world_size})"
-                )
             if num_total < batch_size:
-                raise ValueError(f"the training set has {num_total} samples, fewer than one batch of {batch_size}")
+                raise ConfigError(
+                    f"the training set has {num_total} samples, fewer than one batch of $batch_size={batch_size}; "
+                    "use a smaller $batch_size",
+                    param="batch_size",
+                )
             b = batch_size // world_size
             self.local = slice(rank * b, (rank + 1) * b)
             self.steps = num_total // batch_size
             self.num_samples = self.steps * b
         else:
-            self.local = slice(None)
+            self.local = slice(None)  # the shard is this rank's already
             self.shard = torch.arange(rank * num_total // world_size, (rank + 1) * num_total // world_size)
             self.eval_batch = max(1, batch_size // world_size)
             self.steps = math.ceil(len(self.shard) / self.eval_batch)
@@ -124,7 +124,7 @@ class TensorSource(ShardedSource):
         world_size: int = 1,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or labels.shape != (len(images),):
-            raise ValueError(
+            raise ShapeError(
                 f"TensorSource: expected uint8 (N, C, H, W) images and (N,) labels, got {images.dtype} "
                 f"{tuple(images.shape)} and {tuple(labels.shape)}"
             )
@@ -145,7 +145,9 @@ class ImageFolderSource(ShardedSource):
     """Batches decoded from an :class:`ImageFolderDataset` by a DataLoader with ``workers`` worker processes.
 
     The dataset does the per-sample crop and flip (from ``(seed, epoch, index)``); ``normalize`` (a non-random
-    :class:`BatchAugment`) turns each uint8 batch into normalized floats in the main process.
+    :class:`BatchAugment`) turns each uint8 batch into normalized floats in the main process. A library error
+    raised while decoding in a worker process (e.g. :class:`~lowrankcnn.errors.DataError` for a corrupt image)
+    comes out as the same error type with its one-line message.
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class ImageFolderSource(ShardedSource):
         world_size: int = 1,
         workers: int = 2,
     ) -> None:
+        check_int("workers", workers, 0)
         super().__init__(len(dataset), batch_size, train=train, seed=seed, rank=rank, world_size=world_size)
         self.dataset, self.normalize, self.workers = dataset, normalize, workers
 
@@ -172,10 +175,19 @@ class ImageFolderSource(ShardedSource):
         try:
             for x, y in loader:
                 yield self.normalize(x), y
-        except (
-            ValueError
-        ) as e:  # from a worker: "Caught ValueError in DataLoader worker ...", its traceback, the message
-            lines = str(e).strip().splitlines()
-            if len(lines) > 1 and lines[0].startswith("Caught ValueError in DataLoader worker"):
-                raise ValueError(lines[-1].removeprefix("ValueError: ")) from e
-            raise
+        except LowRankCNNError as e:
+            raise _from_worker(e) from e
+
+
+def _from_worker(err: LowRankCNNError) -> LowRankCNNError:
+    """The error a DataLoader worker raised, with its own message: the loader re-raises it in the main process as
+    ``type(err)("Caught DataError in DataLoader worker process 0.\nOriginal Traceback ...\n<module>.DataError:
+    <message>")``; an error raised in the main process is returned as it is."""
+    lines = err.template.strip().splitlines()
+    if len(lines) < 2 or not lines[0].startswith(f"Caught {type(err).__name__} in DataLoader worker"):
+        return err
+    cls = type(err)
+    for prefix in (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: "):
+        if lines[-1].startswith(prefix):
+            return cls(lines[-1][len(prefix) :], param=err.param)
+    return cls(lines[-1], param=err.param)
