@@ -19,7 +19,8 @@ from .plot import plot_curves
 from .profile import profile
 from .tables import format_table, markdown_table
 from .timing import inference_fn, interleaved
-from .training import TrainConfig, Trainer, load_trained_model
+from .training import TrainConfig, load_trained_model
+from .training.reuse import train_or_reuse
 from .utils import atomic_write_text
 
 HEAD = ("model", "params", "MACs", "test acc", "train img/s", "infer img/s", "speed-up", "MAC ratio")
@@ -31,15 +32,17 @@ def compare(
     base: TrainConfig,
     out: str | Path,
     infer_batch: int = 256,
-    progress: bool = True,
+    progress: bool | None = None,
+    overwrite: bool = False,
 ) -> tuple[list[list[str]], str]:
-    """Train ``dense`` and ``lowrank`` with ``base``'s recipe under ``out/<model>``; return ``summarize``'s result."""
+    """Train ``dense`` and ``lowrank`` with ``base``'s recipe under ``out/<model>``; return ``summarize``'s result.
+
+    Finished runs with the same settings are reused and unfinished ones resumed (``train_or_reuse``), so
+    running it twice only redoes the summary; runs made with other settings are refused unless ``overwrite``.
+    """
     out = Path(out)
     for name in (dense, lowrank):
-        trainer = Trainer(replace(base, model=name, out=str(out / name)), progress=progress)
-        if progress:
-            print(f"training {name} for {base.epochs} epochs ...", flush=True)
-        trainer.fit()
+        train_or_reuse(replace(base, model=name, out=str(out / name)), overwrite=overwrite, progress=progress)
     return summarize(dense, lowrank, out, infer_batch)
 
 

@@ -3,15 +3,25 @@
 ``torchrun --nproc-per-node N -m lowrankcnn train ...`` sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous variables; ``setup()``
 reads them. Without them everything runs as a single process.
+
+Every collective is bounded by the process group's timeout. Before each one, a
+rank records how far it got in the group's key-value store, so when a rank
+stops responding (hung, stopped with SIGSTOP, swapped out) the others fail with
+one :class:`DistributedError` naming it, instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from .errors import DistributedError
+
+_PROGRESS_KEY = "lowrankcnn/progress/{}"
 
 
 @dataclass(frozen=True)
@@ -21,6 +31,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    timeout_s: float = 300.0
 
     @property
     def is_main(self) -> bool:
@@ -31,28 +42,72 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup(device: torch.device) -> DistInfo:
-    """Join the process group if launched by torchrun; a no-op otherwise."""
+def setup(device: torch.device, timeout_s: float = 300.0) -> DistInfo:
+    """Join the process group if launched by torchrun (collectives time out after ``timeout_s``); a no-op otherwise."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+        return DistInfo(timeout_s=timeout_s)
+    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")), timeout_s)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return info
 
 
 def teardown() -> None:
+    """Leave the process group (a no-op without one)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
-def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
-    """Sum ``values`` over all ranks (identity for a single process)."""
+def _store() -> dist.Store | None:
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except (RuntimeError, AttributeError, ValueError):
+        return None
+
+
+def _behind(info: DistInfo, where: str) -> list[int]:
+    """Ranks whose recorded progress is not ``where`` (those that did not reach this collective)."""
+    store = _store()
+    if store is None:
+        return []
+    late = []
+    for rank in range(info.world_size):
+        key = _PROGRESS_KEY.format(rank)
+        try:
+            reached = store.check([key]) and store.get(key).decode() == where
+        except (RuntimeError, ValueError):
+            reached = False
+        if not reached:
+            late.append(rank)
+    return late
+
+
+def all_reduce_sum(values: list[float], info: DistInfo, where: str = "") -> list[float]:
+    """Sum ``values`` over all ranks (identity for a single process).
+
+    ``where`` labels this call (e.g. ``"epoch 2 step 17"``) so a timeout can name the ranks that never got there.
+
+    Raises:
+        DistributedError: a rank did not take part within the process group's timeout, or the group failed.
+    """
     if not info.enabled:
         return values
+    store = _store()
+    if store is not None and where:
+        store.set(_PROGRESS_KEY.format(info.rank), where)
     tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor)
+    try:
+        dist.all_reduce(tensor)
+    except RuntimeError as err:
+        late = [r for r in _behind(info, where) if r != info.rank] if where else []
+        who = f"rank {', '.join(map(str, late))}" if late else "another rank"
+        raise DistributedError(
+            f"{who} did not respond within {info.timeout_s:g} s at {where or 'a collective'} (stopped, hung or "
+            f"crashed); rank {info.rank} aborts the job. The last checkpoint is intact: resume once every rank "
+            f"can run, or raise $dist_timeout"
+        ) from err
     return tensor.tolist()
 
 

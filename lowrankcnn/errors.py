@@ -100,6 +100,10 @@ class TrainingDiverged(LowRankCNNError, RuntimeError):
     """The loss or the weights became non-finite or exploded; the last good checkpoint is left intact."""
 
 
+class DistributedError(LowRankCNNError, RuntimeError):
+    """A data-parallel rank stopped responding or failed; the job is aborted, its last checkpoint intact."""
+
+
 class MissingDependencyError(LowRankCNNError, ImportError):
     """An optional dependency that a feature needs is not installed."""
 
@@ -110,6 +114,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DataNotFoundError",
+    "DistributedError",
     "ExportError",
     "LowRankCNNError",
     "MissingDependencyError",

@@ -17,6 +17,29 @@ def tiny_kim_config(out: str | os.PathLike, **overrides: object) -> TrainConfig:
     return TrainConfig(model="kim_rank1_cifar10", out=str(out), **{**base, **overrides})
 
 
+def checkpoint_state(**overrides: object) -> dict:
+    """A minimal checkpoint dict that passes the schema (a tiny model, ``epoch`` epochs of history)."""
+    epoch = overrides.get("epoch", 1)
+    state = {
+        "config": TrainConfig(model="nin_c3_lr", out="run", epochs=3).to_dict(),
+        "data_info": {
+            "name": "fashion-mnist",
+            "num_classes": 2,
+            "in_chans": 1,
+            "input_size": 28,
+            "class_names": ["a", "b"],
+        },
+        "epoch": epoch,
+        "model": {"w": torch.ones(3)},
+        "optimizer": {"state": {}, "param_groups": []},
+        "schedule": {"step_count": 0},
+        "rng": {"torch": torch.get_rng_state()},
+        "history": [{"epoch": 1, "test_acc": 0.5}] * epoch,
+        "best_acc": 0.5,
+    }
+    return {**state, **overrides}
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """``||a - b|| / ||b||``."""
     return ((a - b).norm() / b.norm()).item()

@@ -5,8 +5,9 @@ import pickle
 
 import pytest
 import torch
+from conftest import checkpoint_state
 
-from lowrankcnn.errors import RunDirectoryError
+from lowrankcnn.errors import CheckpointError, RunDirectoryError
 from lowrankcnn.training import LRSchedule, load_checkpoint, save_checkpoint
 from lowrankcnn.training.metrics import read_metrics, write_metrics
 
@@ -54,9 +55,10 @@ def test_schedule_state_round_trip():
 
 def test_checkpoint_round_trip_and_atomicity(tmp_path):
     path = tmp_path / "run" / "last.pt"
-    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 2, "history": [{"a": 1.0}]})
+    save_checkpoint(path, checkpoint_state(epoch=2))
     state = load_checkpoint(path)
     assert state["epoch"] == 2 and torch.equal(state["model"]["w"], torch.ones(3))
+    assert load_checkpoint(path, for_resume=True)["history"] == [{"epoch": 1, "test_acc": 0.5}] * 2
     assert load_checkpoint(tmp_path / "run")["epoch"] == 2  # a run directory means its last.pt
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp files left behind
 
@@ -87,7 +89,7 @@ class Evil:
 def test_bad_checkpoints_give_clear_errors(tmp_path, content, message, capsys):
     path = tmp_path / "last.pt"
     if content is None:
-        save_checkpoint(path, {"model": {"w": torch.randn(1000)}})
+        save_checkpoint(path, checkpoint_state(model={"w": torch.randn(1000)}))
         content = path.read_bytes()[:500]
     path.write_bytes(content)
     with pytest.raises(ValueError, match=message):
@@ -99,7 +101,7 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, content, message, capsys):
 
 def test_foreign_torch_file_is_rejected(tmp_path):
     torch.save({"weights": torch.ones(2)}, tmp_path / "x.pt")
-    with pytest.raises(ValueError, match="not a lowrankcnn checkpoint"):
+    with pytest.raises(CheckpointError, match="not a checkpoint written by lowrankcnn: format None"):
         load_checkpoint(tmp_path / "x.pt")
 
 

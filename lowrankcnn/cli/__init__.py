@@ -3,7 +3,8 @@
 One module per group of commands; each has ``register(subparsers)`` adding its parsers, whose
 ``func`` runs the command. Errors of the library's own types (:mod:`lowrankcnn.errors`) are
 printed as one line, with each Python argument they name written as the flag that sets it;
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. Importing this package is cheap: torch and the
+commands are imported inside :func:`main`, so Ctrl-C during start-up is one line too.
 """
 
 from __future__ import annotations
@@ -11,24 +12,28 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Callable, Sequence
-
-from ..errors import LowRankCNNError, TrainingDiverged
-from . import bench, evaluate, export, models, plot, train
-
-COMMAND_MODULES = (models, train, evaluate, export, bench, plot)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lowrankcnn", description="Low-rank CNNs: model zoo, counting, training.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMAND_MODULES:
-        module.register(sub)
-    return parser
-
+import typing
+from collections.abc import Sequence
 
 LIBRARY_NAMES = {"list_models": "`lowrankcnn models`"}
 """Library functions that errors point to, and the command that does the same."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (with where to find help), exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import bench, evaluate, export, models, plot, train
+
+    parser = OneLineParser(prog="lowrankcnn", description="Low-rank CNNs: model zoo, counting, training.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (models, train, evaluate, export, bench, plot):
+        module.register(sub)
+    return parser
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -38,19 +43,28 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (0 ok, 1 diverged, 2 user error, 130 interrupted)."""
     if hasattr(signal, "SIGPIPE"):  # `lowrankcnn ... | head` ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], None] = args.func
+    args = None
     try:
-        func(args)
-    except LowRankCNNError as err:
-        print(f"lowrankcnn {args.command}: error: {err.render(flag_names(args.parser))}", file=sys.stderr)
-        return 1 if isinstance(err, TrainingDiverged) else 2
+        from ..errors import LowRankCNNError, TrainingDiverged
+
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = build_parser().parse_args(argv)
+        args.argv = argv
+        try:
+            args.func(args)
+        except LowRankCNNError as err:
+            print(f"lowrankcnn {args.command}: error: {err.render(flag_names(args.parser))}", file=sys.stderr)
+            return 1 if isinstance(err, TrainingDiverged) else 2
     except KeyboardInterrupt:
+        command = getattr(args, "command", None)
         hint = args.interrupt_hint(args) if getattr(args, "interrupt_hint", None) else None
-        print(f"\nlowrankcnn {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        print(
+            f"\nlowrankcnn{' ' + command if command else ''}: interrupted" + (f"; {hint}" if hint else ""),
+            file=sys.stderr,
+        )
         return 130
     return 0
 

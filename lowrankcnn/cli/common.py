@@ -55,3 +55,13 @@ def add_command(
     p = sub.add_parser(name, help=help, parents=list(parents))
     p.set_defaults(func=func, parser=p)
     return p
+
+
+def explicit_flags(args: argparse.Namespace) -> set[str]:
+    """The ``dest`` of every optional argument written on the command line (not left at its default).
+
+    Needs ``args.parser`` (set by :func:`add_command`) and ``args.argv`` (set by ``main``); the parser must
+    not allow abbreviations.
+    """
+    given = {token.split("=", 1)[0] for token in args.argv if token.startswith("--")}
+    return {a.dest for a in args.parser._actions if given.intersection(a.option_strings)}

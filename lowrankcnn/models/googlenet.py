@@ -185,20 +185,28 @@ _NOTE = (
     "with training=True, paper convention); 'test_params' exclude the auxiliary heads and the "
     "final classifier."
 )
+_GOOGLENET = {
+    "published_in_training": True,
+    "kwargs_of": GoogLeNet,
+    "user_kwargs": ("aux_logits", "dropout"),
+    "min_input_size": GoogLeNet.min_input_size,
+}
 _LR_NOTE = (
     _NOTE + " The published MACs of the low-rank variants are 6-14% above what the structure gives "
     "(the original asymmetric convs seem to have been computed on padded, then cropped, outputs)."
 )
 
 
-@register_model(224, 1000, {"macs": 1_591_056_680, "test_params": 5_973_552, "top1": 0.677, "top5": 0.883}, _NOTE, True)
+@register_model(
+    224, 1000, {"macs": 1_591_056_680, "test_params": 5_973_552, "top1": 0.677, "top5": 0.883}, _NOTE, **_GOOGLENET
+)
 def googlenet(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> GoogLeNet:
     """Caffe's bvlc_googlenet (inception 3a-5b, auxiliary heads at 4a and 4d)."""
     return GoogLeNet(False, False, num_classes, in_chans, width_mult, **kwargs)
 
 
 @register_model(
-    224, 1000, {"macs": 1_178_239_528, "test_params": 3_503_664, "top1": 0.673, "top5": 0.880}, _LR_NOTE, True
+    224, 1000, {"macs": 1_178_239_528, "test_params": 3_503_664, "top1": 0.673, "top5": 0.880}, _LR_NOTE, **_GOOGLENET
 )
 def googlenet_lr(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> GoogLeNet:
     """GoogLeNet with every inception 3x3 -> 3x1|1x3 halves and 5x5 -> 5x1|1x5 halves."""
@@ -206,7 +214,7 @@ def googlenet_lr(num_classes: int = 1000, in_chans: int = 3, width_mult: float =
 
 
 @register_model(
-    224, 1000, {"macs": 837_542_440, "test_params": 3_421_872, "top1": 0.659, "top5": 0.870}, _LR_NOTE, True
+    224, 1000, {"macs": 837_542_440, "test_params": 3_421_872, "top1": 0.659, "top5": 0.870}, _LR_NOTE, **_GOOGLENET
 )
 def googlenet_lr_conv1(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> GoogLeNet:
     """googlenet_lr plus conv1 7x7 -> 7x1|1x7 halves and conv2 3x3 -> 3x1|1x3 halves."""

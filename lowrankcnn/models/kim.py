@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import ConfigError, ShapeError
 from ..layers import ConsecutiveConv2d, Rank1Conv2d
+from ..layers.rank1 import Rank1Scheme
 from ._common import check_input
 from .registry import register_model, scale_width
 
@@ -38,7 +39,7 @@ ConvFactory = Callable[[int, int, bool], nn.Module]
 """``(in_channels, out_channels, bias) -> 3x3 conv module``."""
 
 
-def conv_factory(kind: str, rank1_scheme: str = "factors", shared_spatial: bool = True) -> ConvFactory:
+def conv_factory(kind: str, rank1_scheme: Rank1Scheme = "factors", shared_spatial: bool = True) -> ConvFactory:
     """The 3x3 conv of a flavour: ``"rank1"``, ``"dense"`` or ``"flat"``.
 
     ``shared_spatial`` (rank-1 only): the authors' ``num`` shared vertical and horizontal vectors per
@@ -71,7 +72,7 @@ class _FixedInputNet(nn.Module):
         if x.shape[-2:] != (self.input_size, self.input_size):
             raise ShapeError(
                 f"{name}: built for {self.input_size}x{self.input_size} inputs (its fc1 size depends on it), "
-                f"got {tuple(x.shape[-2:])}; pass input_size= to create_model"
+                f"got {tuple(x.shape[-2:])}; build it with $input_size={x.shape[-1]}"
             )
         return self.classifier(torch.flatten(self.features(x), 1))
 
@@ -171,7 +172,13 @@ _CIFAR_NOTE = (
 )
 
 
-def _register_family(net: type[nn.Module], dataset: str, size: int, chans: int, published: dict[str, dict]) -> None:
+RECIPE = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 100, "model_kwargs": {"dropout": 0.0}}
+"""What trains these nets from the command line: the authors' Adam at 1e-3 (decoupled weight decay), no dropout."""
+
+
+def _register_family(
+    net: type[_FixedInputNet], dataset: str, size: int, chans: int, published: dict[str, dict], user_kwargs: tuple
+) -> None:
     for kind in ("rank1", "dense", "flat"):
         name = f"kim_{kind}_{dataset}"
 
@@ -179,7 +186,7 @@ def _register_family(net: type[nn.Module], dataset: str, size: int, chans: int, 
             num_classes: int = 10,
             in_chans: int = chans,
             width_mult: float = 1.0,
-            rank1_scheme: str = "factors",
+            rank1_scheme: Rank1Scheme = "factors",
             shared_spatial: bool = True,
             _kind: str = kind,
             **kwargs,
@@ -189,8 +196,25 @@ def _register_family(net: type[nn.Module], dataset: str, size: int, chans: int, 
 
         builder.__name__ = name
         builder.__doc__ = f"Kim et al.'s {dataset.upper()} net with {kind} 3x3 convs ({net.__doc__.splitlines()[0]})"
-        register_model(size, 10, published.get(kind, {}), _CIFAR_NOTE, in_chans=chans)(builder)
+        register_model(
+            size,
+            10,
+            published.get(kind, {}),
+            _CIFAR_NOTE,
+            in_chans=chans,
+            min_input_size=net.min_size,
+            kwargs_of=net,
+            user_kwargs=user_kwargs,
+            recipe=RECIPE,
+        )(builder)
 
 
-_register_family(KimCifarNet, "cifar10", 32, 3, {"rank1": {"top1": 0.8388}, "dense": {"top1": 0.8643}})
-_register_family(KimMnistNet, "mnist", 28, 1, {"rank1": {"top1": 0.9923}})
+_register_family(
+    KimCifarNet,
+    "cifar10",
+    32,
+    3,
+    {"rank1": {"top1": 0.8388}, "dense": {"top1": 0.8643}},
+    ("input_size", "dropout", "bn"),
+)
+_register_family(KimMnistNet, "mnist", 28, 1, {"rank1": {"top1": 0.9923}}, ("input_size", "dropout"))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..layers import CompositeConv2d, Rank1Conv2d
+from ..layers.rank1 import Rank1Scheme
 from ._common import check_input
 from .registry import register_model, scale_width
 
@@ -34,7 +35,7 @@ def lowrank_conv(c: int, d: int, k: int) -> nn.Module:
     return CompositeConv2d(c, [(k, 1, half), (1, k, d - half)])
 
 
-def rank1_conv(c: int, d: int, k: int, scheme: str = "factors") -> nn.Module:
+def rank1_conv(c: int, d: int, k: int, scheme: Rank1Scheme = "factors") -> nn.Module:
     """A rank-1 k x k conv (Kim et al.)."""
     return Rank1Conv2d(c, d, k, scheme=scheme)
 
@@ -105,15 +106,16 @@ class NiN(nn.Module):
 
 
 _NOTE = "Published CIFAR-10 figures (Ioannou et al. 2016) at 30x30 crops; MACs in the paper convention."
+_NIN = {"kwargs_of": NiN, "user_kwargs": ("dropout", "bn"), "min_input_size": NiN.min_input_size}
 
 
-@register_model(30, 10, {"macs": 192_859_658, "params": 966_986, "top1": 0.9188}, _NOTE)
+@register_model(30, 10, {"macs": 192_859_658, "params": 966_986, "top1": 0.9188}, _NOTE, **_NIN)
 def nin(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> NiN:
     """NiN as in Caffe: conv1 5x5,192; conv2 5x5,192; conv3 3x3,192."""
     return NiN(dense_conv, dense_conv, None, dense_conv, (5, 5, 3), num_classes, in_chans, width_mult, **kwargs)
 
 
-@register_model(30, 10, {"macs": 143_093_450, "params": 773_642, "top1": 0.9186}, _NOTE)
+@register_model(30, 10, {"macs": 143_093_450, "params": 773_642, "top1": 0.9186}, _NOTE, **_NIN)
 def nin_c3(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> NiN:
     """NiN with 3x3 convs: conv1 3x3,192; conv2 -> 3x3 (96->192) then composite 3x1,96 | 1x3,96.
 
@@ -125,7 +127,7 @@ def nin_c3(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, **
     return NiN(dense_conv, dense_conv, lowrank_conv, dense_conv, (3, 3, 3), num_classes, in_chans, width_mult, **kwargs)
 
 
-@register_model(30, 10, {"macs": 104_261_834, "params": 438_410, "top1": 0.9178}, _NOTE)
+@register_model(30, 10, {"macs": 104_261_834, "params": 438_410, "top1": 0.9178}, _NOTE, **_NIN)
 def nin_c3_lr(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> NiN:
     """nin_c3 with conv1, both conv2 layers and conv3 as composite 3x1,96 | 1x3,96 (192 out)."""
     return NiN(
@@ -133,9 +135,9 @@ def nin_c3_lr(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0,
     )
 
 
-@register_model(30, 10)
+@register_model(30, 10, **_NIN)
 def nin_rank1(
-    num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, rank1_scheme: str = "factors", **kwargs
+    num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, rank1_scheme: Rank1Scheme = "factors", **kwargs
 ) -> NiN:
     """NiN with its 5x5, 5x5 and 3x3 convs rank-1 (the 1x1 cccp layers are unchanged)."""
     conv = partial(rank1_conv, scheme=rank1_scheme)

@@ -1,17 +1,37 @@
-"""Model registry: ``register_model``, ``create_model``, ``list_models`` (timm-style)."""
+"""Model registry: ``register_model``, ``create_model``, ``list_models`` (timm-style).
+
+Each registered builder ``fn(num_classes, in_chans, width_mult, **kwargs)`` declares which keyword
+arguments a user may pass (``kwargs_of``: the family class whose ``__init__`` receives them, and
+``user_kwargs``: which of its parameters are open to users), so ``create_model`` checks every keyword's
+name and type (from the annotations) before building anything, and a command line can do the same.
+"""
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-import re
-from collections.abc import Callable
+import inspect
+import math
+import os
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..layers import init_composite_
+from ..layers.init import InitMode
+from ..utils.annotations import describe, fits
+
+MAX_WIDTH_MULT = 64.0
+"""Largest ``width_mult`` accepted (VGG-11 at 64x has 32,768-channel convs); larger values are mistakes."""
+RESERVED_KWARGS = ("num_classes", "in_chans", "width_mult", "init_mode")
+"""Arguments of ``create_model`` itself; they are not model keywords."""
+KWARG_RANGES: dict[str, tuple[float, float]] = {"dropout": (0.0, 1.0)}
+"""Closed ranges for model keywords that every family shares."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +47,10 @@ class ModelInfo:
         published_in_training: the published MACs count training-only parts
             (GoogLeNet's auxiliary heads), so compare with ``profile(..., training=True)``.
         in_chans: native number of input channels.
+        min_input_size: smallest square input the architecture accepts.
+        kwargs: the keyword arguments users may pass to ``create_model`` and their annotations.
+        recipe: training settings (``TrainConfig`` fields, ``model_kwargs`` included) that make this model
+            learn; used where a run does not set them.
     """
 
     name: str
@@ -36,10 +60,29 @@ class ModelInfo:
     notes: str = ""
     published_in_training: bool = False
     in_chans: int = 3
+    min_input_size: int = 1
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    recipe: Mapping[str, Any] = field(default_factory=dict)
 
 
 _builders: dict[str, Callable[..., nn.Module]] = {}
 _infos: dict[str, ModelInfo] = {}
+
+
+def _user_kwargs(fn: Callable[..., nn.Module], kwargs_of: type | None, names: tuple[str, ...]) -> dict[str, Any]:
+    """Annotations of the builder's own keywords plus ``names`` taken from ``kwargs_of.__init__``."""
+    own = typing.get_type_hints(fn)
+    schema = {
+        n: own.get(n, Any)
+        for n, p in inspect.signature(fn).parameters.items()
+        if p.kind == p.KEYWORD_ONLY or (p.default is not p.empty and not n.startswith("_"))
+    }
+    if kwargs_of is not None:
+        hints = typing.get_type_hints(kwargs_of.__init__)
+        schema.update({n: hints.get(n, Any) for n in names})
+    for reserved in RESERVED_KWARGS:
+        schema.pop(reserved, None)
+    return schema
 
 
 def register_model(
@@ -49,15 +92,33 @@ def register_model(
     notes: str = "",
     published_in_training: bool = False,
     in_chans: int = 3,
+    *,
+    min_input_size: int = 1,
+    kwargs_of: type | None = None,
+    user_kwargs: tuple[str, ...] = (),
+    recipe: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a builder ``fn(num_classes, in_chans, width_mult, **kwargs)`` under its name."""
+    """Decorator registering a builder ``fn(num_classes, in_chans, width_mult, **kwargs)`` under its name.
+
+    ``kwargs_of`` and ``user_kwargs`` declare the keywords ``**kwargs`` forwards (see the module doc);
+    ``recipe`` gives training settings that make the model learn (see :class:`ModelInfo`).
+    """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if fn.__name__ in _builders:
             raise ConfigError(f"register_model: {fn.__name__!r} is already registered")
         _builders[fn.__name__] = fn
         _infos[fn.__name__] = ModelInfo(
-            fn.__name__, input_size, num_classes, dict(published or {}), notes, published_in_training, in_chans
+            fn.__name__,
+            input_size,
+            num_classes,
+            dict(published or {}),
+            notes,
+            published_in_training,
+            in_chans,
+            min_input_size,
+            _user_kwargs(fn, kwargs_of, user_kwargs),
+            dict(recipe or {}),
         )
         return fn
 
@@ -66,7 +127,7 @@ def register_model(
 
 def _check_name(name: str) -> None:
     if name not in _builders:
-        close = difflib.get_close_matches(name, _builders, n=3)
+        close = difflib.get_close_matches(str(name), _builders, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown model {name!r}.{hint} $list_models shows every name.", param="model")
 
@@ -82,12 +143,54 @@ def model_info(name: str) -> ModelInfo:
     return _infos[name]
 
 
+def validate_model_kwargs(name: str, kwargs: Mapping[str, object]) -> None:
+    """Check model keywords against what ``name`` accepts, before anything is built.
+
+    Raises:
+        ConfigError: an unknown keyword, one that ``create_model`` takes itself, or a value of the
+            wrong type or range (the message names the keyword, what it needs and what is accepted).
+    """
+    schema = model_info(name).kwargs
+    accepted = ", ".join(sorted(schema)) or "none"
+    for key, value in kwargs.items():
+        if key in RESERVED_KWARGS:
+            raise ConfigError(f"{key} is an argument of create_model, not a model keyword: set it with ${key}")
+        if key not in schema:
+            raise ConfigError(f"{name} does not accept the keyword {key}=...; it accepts: {accepted}")
+        if not fits(value, schema[key]):
+            raise ConfigError(f"{name}: keyword {key} must be {describe(schema[key])}, got {value!r}")
+        if key in KWARG_RANGES and isinstance(value, (int, float)):
+            low, high = KWARG_RANGES[key]
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ConfigError(f"{name}: keyword {key} must be in [{low:g}, {high:g}], got {value!r}")
+
+
+def _check_size(name: str, num_classes: int | None, in_chans: int | None, width_mult: float) -> None:
+    for arg, value in (("in_chans", in_chans), ("num_classes", num_classes)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise ConfigError(f"create_model({name!r}): ${arg} must be a positive integer, got {value!r}", param=arg)
+    ok = isinstance(width_mult, (int, float)) and not isinstance(width_mult, bool) and math.isfinite(width_mult)
+    if not (ok and 0 < width_mult <= MAX_WIDTH_MULT):
+        raise ConfigError(
+            f"create_model({name!r}): $width_mult must be a number in (0, {MAX_WIDTH_MULT:g}], got {width_mult!r}",
+            param="width_mult",
+        )
+
+
+def _memory_bytes() -> int:
+    """Physical memory of this machine (0 if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,
     in_chans: int | None = None,
     width_mult: float = 1.0,
-    init_mode: str = "fan_out",
+    init_mode: InitMode = "fan_out",
     **kwargs: object,
 ) -> nn.Module:
     """Build a registered model with freshly initialized weights.
@@ -99,28 +202,32 @@ def create_model(
         in_chans: input image channels (1 for Fashion-MNIST); ``None`` means the model's native count
             (3, or 1 for the MNIST nets).
         width_mult: scales every channel width and hidden FC width, keeping each
-            layer's basis proportions (CPU-sized twins use e.g. 0.25).
+            layer's basis proportions (CPU-sized twins use e.g. 0.25); at most ``MAX_WIDTH_MULT``.
         init_mode: ``"fan_out"`` (the paper's composite init) or ``"fan_in"``.
-        **kwargs: passed to the builder (e.g. ``dropout``).
+        **kwargs: the model's own keywords (``model_info(name).kwargs``, e.g. ``dropout``), checked by
+            :func:`validate_model_kwargs`.
+
+    Raises:
+        ConfigError: an unknown model, a bad size or keyword, or weights that would not fit in this
+            machine's memory (checked on the meta device before anything is allocated).
     """
     _check_name(name)
-    for arg, value in (("in_chans", in_chans), ("num_classes", num_classes)):
-        if value is not None and (not isinstance(value, int) or value <= 0):
-            raise ConfigError(f"create_model({name!r}): {arg} must be a positive integer, got {value!r}")
-    if not isinstance(width_mult, (int, float)) or width_mult <= 0:
-        raise ConfigError(f"create_model({name!r}): width_mult must be > 0, got {width_mult!r}")
-    classes = num_classes if num_classes is not None else _infos[name].num_classes
-    in_chans = in_chans if in_chans is not None else _infos[name].in_chans
-    try:
-        model = _builders[name](num_classes=classes, in_chans=in_chans, width_mult=float(width_mult), **kwargs)
-    except TypeError as err:
-        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err))
-        if unexpected is None:
-            raise
-        raise ConfigError(
-            f"create_model: {name} does not accept {unexpected.group(1)}=...; see help(lowrankcnn.models) "
-            "for the keyword arguments each family takes"
-        ) from err
+    _check_size(name, num_classes, in_chans, width_mult)
+    validate_model_kwargs(name, kwargs)
+    info = _infos[name]
+    classes = num_classes if num_classes is not None else info.num_classes
+    in_chans = in_chans if in_chans is not None else info.in_chans
+    build = lambda: _builders[name](num_classes=classes, in_chans=in_chans, width_mult=float(width_mult), **kwargs)  # noqa: E731
+    if width_mult > 1 and torch.get_default_device().type != "meta":
+        with torch.device("meta"):
+            weight_bytes = sum(p.numel() * p.element_size() for p in build().parameters())
+        if weight_bytes > _memory_bytes() // 2 > 0:
+            raise ConfigError(
+                f"create_model({name!r}): at $width_mult={width_mult:g} the weights alone need "
+                f"{weight_bytes / 2**30:.1f} GiB, more than half of this machine's memory; use a smaller width",
+                param="width_mult",
+            )
+    model = build()
     model.model_name = name
     return init_composite_(model, mode=init_mode)  # type: ignore[arg-type]
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..layers import CompositeConv2d, Rank1Conv2d, SeparableConv2d
+from ..layers.rank1 import Rank1Scheme
 from ._common import check_input
 from .registry import register_model, scale_width
 
@@ -75,7 +76,7 @@ def lde_rule(c: int, d: int, stride: int) -> nn.Module:
     return CompositeConv2d(c, basis, stride, join=_n(d / 2))
 
 
-def rank1_rule(c: int, d: int, stride: int, scheme: str = "factors") -> nn.Module:
+def rank1_rule(c: int, d: int, stride: int, scheme: Rank1Scheme = "factors") -> nn.Module:
     """Rank-1 3x3, D (Kim et al.): every filter an outer product of 1-D vectors."""
     return Rank1Conv2d(c, d, 3, stride, scheme=scheme)
 
@@ -146,63 +147,64 @@ class VGG(nn.Module):
 
 
 _VGG_NOTE = "Published ILSVRC figures (Ioannou et al. 2016); MACs in the paper convention (+1 per bias)."
+_VGG = {"kwargs_of": VGG, "user_kwargs": ("dropout", "bn", "fc_width")}
 
 
 def _published(macs: int, params: int, top1: float, top5: float) -> dict[str, float]:
     return {"macs": macs, "params": params, "top1": top1, "top5": top5}
 
 
-@register_model(224, 1000, _published(7_609_101_992, 132_863_336, 0.649, 0.862), _VGG_NOTE)
+@register_model(224, 1000, _published(7_609_101_992, 132_863_336, 0.649, 0.862), _VGG_NOTE, **_VGG)
 def vgg11(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """VGG-11 (configuration A): 3x3 convs, 2x2 max pools, fc6 on 7x7x512."""
     return VGG(dense_rule, num_classes, in_chans, width_mult, global_max_pool=False, **kwargs)
 
 
-@register_model(224, 1000, _published(7_508_438_696, 32_200_040, 0.685, 0.887), _VGG_NOTE)
+@register_model(224, 1000, _published(7_508_438_696, 32_200_040, 0.685, 0.887), _VGG_NOTE, **_VGG)
 def vgg11_gmp(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """VGG-11 with a global max pool before fc6 (the paper's improved baseline)."""
     return VGG(dense_rule, num_classes, in_chans, width_mult, **kwargs)
 
 
-@register_model(224, 1000, _published(6_525_794_664, 29_658_024, 0.673, 0.879), _VGG_NOTE)
+@register_model(224, 1000, _published(6_525_794_664, 29_658_024, 0.673, 0.879), _VGG_NOTE, **_VGG)
 def vgg11_gmp_sf(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """vgg11_gmp with every conv as 1x3, D -> 3x1, D (sequential separable)."""
     return VGG(sf_rule, num_classes, in_chans, width_mult, **kwargs)
 
 
-@register_model(224, 1000, _published(2_518_134_440, 26_054_888, 0.676, 0.880), _VGG_NOTE)
+@register_model(224, 1000, _published(2_518_134_440, 26_054_888, 0.676, 0.880), _VGG_NOTE, **_VGG)
 def vgg11_gmp_lr(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """vgg11_gmp with every conv as the composite 3x1, D/2 | 1x3, D/2."""
     return VGG(lr_rule, num_classes, in_chans, width_mult, **kwargs)
 
 
-@register_model(224, 1000, _published(3_136_795_304, 31_298_792, 0.693, 0.889), _VGG_NOTE)
+@register_model(224, 1000, _published(3_136_795_304, 31_298_792, 0.693, 0.889), _VGG_NOTE, **_VGG)
 def vgg11_gmp_lr_2x(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """vgg11_gmp_lr with conv5a/b doubled: 3x1, 512 | 1x3, 512 (1024 out), fc6 1024x4096."""
     return VGG(lr_rule, num_classes, in_chans, width_mult, conv5_width_factor=2, **kwargs)
 
 
-@register_model(224, 1000, _published(3_854_023_016, 27_257_768, 0.675, 0.880), _VGG_NOTE)
+@register_model(224, 1000, _published(3_854_023_016, 27_257_768, 0.675, 0.880), _VGG_NOTE, **_VGG)
 def vgg11_gmp_lr_join(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """vgg11_gmp_lr with each composite layer joined by a 1x1, D conv (no activation between)."""
     return VGG(lr_join_rule, num_classes, in_chans, width_mult, **kwargs)
 
 
-@register_model(224, 1000, _published(6_336_823_656, 37_184_712, 0.704, 0.897), _VGG_NOTE)
+@register_model(224, 1000, _published(6_336_823_656, 37_184_712, 0.704, 0.897), _VGG_NOTE, **_VGG)
 def vgg11_gmp_lr_join_wfull(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """3x1, 3D/8 | 1x3, 3D/8 | 3x3, D/4 -> 1x1, D; conv5a/b doubled (384|384|256 -> 1024)."""
     return VGG(wfull_rule, num_classes, in_chans, width_mult, conv5_width_factor=2, **kwargs)
 
 
-@register_model(224, 1000, _published(1_024_052_248, 26_444_584, 0.667, 0.875), _VGG_NOTE)
+@register_model(224, 1000, _published(1_024_052_248, 26_444_584, 0.667, 0.875), _VGG_NOTE, **_VGG)
 def vgg11_gmp_lr_lde(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """Low-dimensional embedding: 3x1, 3D/4 | 1x3, 3D/4 | 3x3, D/4 -> 1x1, D/2; conv1 stride 2."""
     return VGG(lde_rule, num_classes, in_chans, width_mult, conv1_stride=2, **kwargs)
 
 
-@register_model(224, 1000)
+@register_model(224, 1000, **_VGG)
 def vgg11_gmp_rank1(
-    num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, rank1_scheme: str = "factors", **kwargs
+    num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, rank1_scheme: Rank1Scheme = "factors", **kwargs
 ) -> VGG:
     """vgg11_gmp with every 3x3 conv a rank-1 conv (``rank1_scheme``: "factors" or "projected")."""
     return VGG(partial(rank1_rule, scheme=rank1_scheme), num_classes, in_chans, width_mult, **kwargs)

@@ -1,17 +1,24 @@
-"""Training: the loop, checkpoints, schedules, metrics and DDP support."""
+"""Training: the loop, run directories, checkpoints, schedules, metrics and DDP support."""
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..errors import TrainingDiverged
+from .checkpoint import build_model, load_checkpoint, load_trained_model, save_checkpoint
+from .config import OPTIMIZERS, TrainConfig, recipe_config
+from .run_directory import RunDirectory
 from .schedule import SCHEDULES, LRSchedule
-from .trainer import OPTIMIZERS, TrainConfig, Trainer, TrainingDiverged, load_trained_model
+from .trainer import Trainer, classification_loss
 
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "LRSchedule",
+    "RunDirectory",
     "TrainConfig",
     "Trainer",
     "TrainingDiverged",
+    "build_model",
+    "classification_loss",
     "load_checkpoint",
     "load_trained_model",
+    "recipe_config",
     "save_checkpoint",
 ]

@@ -1,10 +1,18 @@
-"""Checkpoints: written atomically, read without unpickling arbitrary objects.
+"""Checkpoints: their format, written atomically, read without unpickling arbitrary objects, validated in one place.
 
-A checkpoint is a dict of tensors and plain Python values (str, int, float,
-bool, None, lists and dicts of those) saved with ``torch.save``. It is
-written to a temporary file in the same folder and renamed over the target,
-so a crash never leaves a half-written file. It is loaded with
-``torch.load(..., weights_only=True)``.
+A checkpoint is a dict of tensors and plain Python values (str, int, float, bool, None, lists and
+dicts of those) saved with ``torch.save``; it is serialized in memory, then written to a temporary
+file next to the target and renamed over it, so a crash never leaves a half-written file. It is
+loaded with ``torch.load(..., weights_only=True)`` (no code runs), then checked against the schema
+below, so a foreign, truncated or hand-edited file is one :class:`CheckpointError` naming what is wrong.
+
+Schema (``format`` 1):
+
+* ``config``: a :class:`TrainConfig` as a dict; ``data_info``: ``name``, ``num_classes``, ``in_chans``,
+  ``input_size``, ``class_names`` (and, since lowrankcnn 0.2, the normalization ``mean`` and ``std``);
+  ``epoch``: epochs completed, ``0 <= epoch <= config.epochs``; ``model``: the state dict.
+* For resuming also: ``optimizer``, ``schedule``, ``rng`` (``torch``: the CPU generator state),
+  ``history`` (one metrics row per completed epoch) and ``best_acc``.
 """
 
 from __future__ import annotations
@@ -14,33 +22,44 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from ..errors import CheckpointError, CheckpointNotFoundError
+from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, LowRankCNNError
+from ..models import create_model, model_info
 from ..utils import atomic_write_bytes
+from .config import TrainConfig
 
 CHECKPOINT_FORMAT = 1
+RESUME_KEYS = ("optimizer", "schedule", "rng", "history", "best_acc")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Save ``state`` (plus a format tag) to ``path`` atomically."""
+    """Save ``state`` (plus a format tag) to ``path`` atomically (an ``OutputError`` if it cannot be written)."""
     buffer = io.BytesIO()  # serialized in memory first: a full disk is then an OSError, not a torch RuntimeError
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
     atomic_write_bytes(path, lambda f: f.write(buffer.getbuffer()))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by ``save_checkpoint`` onto the CPU.
+def checkpoint_path(path: str | Path) -> Path:
+    """``path`` itself, or ``path/last.pt`` for a run directory."""
+    path = Path(path)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def load_checkpoint(path: str | Path, *, for_resume: bool = False) -> dict[str, Any]:
+    """Load and validate a checkpoint written by ``save_checkpoint`` onto the CPU (a run directory: its last.pt).
+
+    Args:
+        path: a ``.pt`` file or a run directory.
+        for_resume: also require what resuming needs (optimizer, schedule, RNG, history).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a readable lowrankcnn checkpoint (truncated,
-            corrupt, or holding objects other than tensors and plain values).
+        CheckpointNotFoundError: ``path`` does not exist.
+        CheckpointError: the file is truncated, corrupt, not written by lowrankcnn, or breaks the schema.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
+    path = checkpoint_path(path)
     if not path.is_file():
-        raise CheckpointNotFoundError(f"checkpoint {path} not found; pass a .pt file written by lowrankcnn training")
+        raise CheckpointNotFoundError(f"checkpoint {path} not found; give a .pt file written by lowrankcnn training")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
@@ -49,6 +68,113 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} is not a readable checkpoint ({reason[:160]}); it may be truncated or corrupt, "
             "or not written by lowrankcnn. Use another checkpoint (e.g. best.pt) or retrain."
         ) from err
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
-        raise CheckpointError(f"{path} is not a lowrankcnn checkpoint (no 'format'/'model' entries)")
+    validate_checkpoint(state, path, for_resume=for_resume)
     return state
+
+
+def _require(cond: bool, path: Path, what: str) -> None:
+    if not cond:
+        raise CheckpointError(f"{path} is not a checkpoint written by lowrankcnn: {what}")
+
+
+def _is_int(value: object, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def validate_checkpoint(state: object, path: str | Path, *, for_resume: bool = False) -> TrainConfig:
+    """Check ``state`` against the schema (see the module doc); returns its config.
+
+    Raises:
+        CheckpointError: the first thing that is missing or wrong, in one line naming ``path``.
+    """
+    path = Path(path)
+    _require(isinstance(state, dict), path, f"it holds a {type(state).__name__}, not a dict")
+    assert isinstance(state, dict)
+    _require(state.get("format") == CHECKPOINT_FORMAT, path, f"format {state.get('format')!r}, expected 1")
+    for key in ("config", "data_info", "epoch", "model", *(RESUME_KEYS if for_resume else ())):
+        _require(key in state, path, f"missing {key!r}")
+    try:
+        config = TrainConfig.from_dict(state["config"], source=str(path))
+    except ConfigError as err:
+        raise CheckpointError(f"{path} is not a checkpoint written by lowrankcnn: {err}") from None
+    info = state["data_info"]
+    _require(isinstance(info, dict), path, "'data_info' is not a dict")
+    _require(isinstance(info.get("name"), str), path, "'data_info' has no dataset name")
+    for key in ("num_classes", "in_chans", "input_size"):
+        _require(_is_int(info.get(key), 1), path, f"'data_info' {key!r} is {info.get(key)!r}")
+    names = info.get("class_names")
+    _require(
+        isinstance(names, list) and len(names) == info["num_classes"] and all(isinstance(n, str) for n in names),
+        path,
+        "'data_info' class_names do not match num_classes",
+    )
+    for key in ("mean", "std"):
+        if key in info:
+            values = info[key]
+            ok = isinstance(values, (list, tuple)) and len(values) == info["in_chans"]
+            _require(ok and all(isinstance(v, (int, float)) for v in values), path, f"'data_info' {key!r} is bad")
+    epoch = state["epoch"]
+    _require(
+        _is_int(epoch) and epoch <= config.epochs,
+        path,
+        f"epoch counter {epoch!r} outside 0..{config.epochs} (the run's epochs)",
+    )
+    model = state["model"]
+    _require(
+        isinstance(model, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in model.items()),
+        path,
+        "'model' is not a state dict of tensors",
+    )
+    if for_resume:
+        history = state["history"]
+        _require(
+            isinstance(history, list) and len(history) == epoch and all(isinstance(r, dict) for r in history),
+            path,
+            f"'history' has {len(history) if isinstance(history, list) else '?'} rows for {epoch} epochs",
+        )
+        _require(isinstance(state["best_acc"], (int, float)), path, "'best_acc' is not a number")
+        for key in ("optimizer", "schedule", "rng"):
+            _require(isinstance(state[key], dict), path, f"{key!r} is not a dict")
+        _require(torch.is_tensor(state["rng"].get("torch")), path, "'rng' has no torch generator state")
+    return config
+
+
+def build_model(config: TrainConfig, info: dict[str, Any]) -> nn.Module:
+    """The model a run trains, freshly initialized: ``config.model`` sized for the data set in ``info``.
+
+    A model with an ``input_size`` keyword (a fixed-input net) is built for the data's input size
+    unless the run's ``model_kwargs`` set it.
+    """
+    kwargs = dict(config.model_kwargs)
+    if "input_size" in model_info(config.model).kwargs:
+        kwargs.setdefault("input_size", info["input_size"])
+    return create_model(
+        config.model, num_classes=info["num_classes"], in_chans=info["in_chans"], width_mult=config.width_mult, **kwargs
+    )
+
+
+def load_state(model: nn.Module, weights: dict[str, torch.Tensor], path: str | Path, name: str) -> None:
+    """``model.load_state_dict(weights)``, a :class:`CheckpointError` if they do not fit."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: its weights do not fit model {name} ({first[:200]})") from err
+
+
+def load_trained_model(path: str | Path) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+    """Rebuild a trained model from a checkpoint: ``(model in eval mode, config, checkpoint dict)``.
+
+    Raises:
+        CheckpointNotFoundError, CheckpointError: see :func:`load_checkpoint`; also a model that
+            cannot be rebuilt from the saved configuration, or weights that do not fit it.
+    """
+    path = checkpoint_path(path)
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(state["config"], source=str(path))
+    try:
+        model = build_model(config, state["data_info"])
+    except LowRankCNNError as err:
+        raise CheckpointError(f"{path}: cannot rebuild its model: {err}") from err
+    load_state(model, state["model"], path, config.model)
+    return model.eval(), config, state

@@ -14,13 +14,15 @@ The schedule writes the rate into the optimizer's parameter groups; its state
 from __future__ import annotations
 
 import math
-from typing import Any
+import typing
+from typing import Any, Literal
 
 import torch
 
 from ..errors import ConfigError
 
-SCHEDULES = ("cosine", "step", "inverse")
+Schedule = Literal["cosine", "step", "inverse"]
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 
 
 class LRSchedule:
@@ -29,7 +31,7 @@ class LRSchedule:
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        kind: str,
+        kind: Schedule,
         base_lr: float,
         total_steps: int,
         weight_decay: float = 0.0,
@@ -37,7 +39,7 @@ class LRSchedule:
         patience: int = 2,
     ) -> None:
         if kind not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
+            raise ConfigError(f"unknown $schedule {kind!r}; choose one of {', '.join(SCHEDULES)}", param="schedule")
         self.optimizer, self.kind, self.base_lr = optimizer, kind, base_lr
         self.total_steps, self.weight_decay = max(1, total_steps), weight_decay
         self.warmup_steps, self.patience = warmup_steps, patience

@@ -1,19 +1,24 @@
-"""Training loop with checkpoints, exact resume, NaN detection and DDP.
+"""Training loop with checkpoints, exact resume, a divergence policy and DDP.
 
-A run directory holds ``last.pt`` (end of the latest epoch), ``best.pt``
-(best test top-1 so far), ``metrics.jsonl`` / ``metrics.csv`` and
-``config.json``. With a fixed seed on CPU, a run interrupted and resumed
-with ``resume=True`` reproduces the uninterrupted run exactly: the data order
-and augmentation of every epoch depend only on ``(seed, epoch)``, and the
-checkpoint holds the model, optimizer, schedule and RNG states.
+A run directory (:mod:`.run_directory`) holds ``last.pt``, ``best.pt``, the metrics and
+``config.json``. With a fixed seed on CPU, a run interrupted and resumed reproduces the
+uninterrupted run exactly: the data order and augmentation of every epoch depend only on
+``(seed, epoch)``, the checkpoint holds the model, optimizer, schedule and RNG states, and the
+thread count is part of the saved configuration.
+
+Divergence policy: training stops with :class:`TrainingDiverged`, *before* the epoch is saved, when
+a step's loss is not finite or exceeds ``DIVERGENCE_FACTOR`` times the run's first loss, or when the
+test loss or any weight is not finite at the end of an epoch. ``last.pt`` and ``best.pt`` therefore
+only ever hold finite models.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,72 +28,22 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import DataBundle, build_data
-from ..distributed import DistInfo, all_reduce_sum, setup, teardown
-from ..errors import CheckpointError, ConfigError, TrainingDiverged
+from ..data.loaders import TENSOR_SPECS
+from ..distributed import DistInfo, all_reduce_sum, default_threads, setup, teardown
+from ..errors import ConfigError, RunDirectoryError, TrainingDiverged
 from ..evaluate import evaluate, main_logits
 from ..layers import Rank1Conv2d
-from ..models import create_model
-from ..utils import atomic_write_text
-from .checkpoint import load_checkpoint, save_checkpoint
-from .metrics import write_metrics
+from ..models import model_info
+from ..utils import resolve_device
+from .checkpoint import build_model, load_checkpoint, load_state
+from .config import TrainConfig
+from .run_directory import RunDirectory
 from .schedule import LRSchedule
 
-OPTIMIZERS = ("sgd", "adamw")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run (saved in every checkpoint and in ``config.json``)."""
-
-    model: str
-    out: str
-    data: str = "fashion-mnist"
-    data_dir: str | None = None
-    width_mult: float = 1.0
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    optimizer: str = "sgd"
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    patience: int = 2
-    label_smoothing: float = 0.0
-    aux_weight: float = 0.3
-    channels_last: bool = False
-    augment: bool = True
-    seed: int = 0
-    train_subset: int | None = None
-    test_subset: int | None = None
-    input_size: int | None = None
-    workers: int = 2
-    device: str = "auto"
-    project_every: int = 1
-    project_unit: str = "epoch"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` for impossible settings, before any work is done."""
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"${name} must be at least 1, got {getattr(self, name)}", param=name)
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ConfigError(f"$lr must be a positive number, got {self.lr}", param="lr")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"$optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.project_every < 1 or self.project_unit not in ("epoch", "step"):
-            raise ConfigError(
-                f"$project_every must be >= 1 and $project_unit 'epoch' or 'step', got "
-                f"{self.project_every} {self.project_unit!r}"
-            )
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"$label_smoothing must be in [0, 1), got {self.label_smoothing}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+DIVERGENCE_FACTOR = 100.0
+"""A step loss this many times the run's first loss counts as divergence."""
+RESUME_OVERRIDES = ("epochs", "workers", "out")
+"""Fields a resumed run may change: more epochs extend it; workers and the folder path change no result."""
 
 
 def classification_loss(
@@ -106,66 +61,134 @@ def classification_loss(
     return F.cross_entropy(output, target, label_smoothing=label_smoothing)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def data_info(data: DataBundle) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild the model and label its outputs."""
+    """What a checkpoint needs to rebuild the model, label its outputs and preprocess its inputs."""
     return {
         "name": data.name,
         "num_classes": data.num_classes,
         "in_chans": data.in_chans,
         "input_size": data.input_size,
         "class_names": list(data.class_names),
+        "mean": list(data.mean),
+        "std": list(data.std),
     }
 
 
-def build_model(config: TrainConfig, info: dict[str, Any]) -> nn.Module:
-    return create_model(
-        config.model,
-        num_classes=info["num_classes"],
-        in_chans=info["in_chans"],
-        width_mult=config.width_mult,
-        **config.model_kwargs,
-    )
+def input_size_for(config: TrainConfig) -> int | None:
+    """The run's input size: ``config.input_size``, else the data's native size, zero-padded up (evenly) to the
+    model's minimum input size for in-memory data sets (e.g. GoogLeNet needs 31: Fashion-MNIST is padded to 32)."""
+    if config.input_size is not None or config.data not in TENSOR_SPECS:
+        return config.input_size
+    native, needed = TENSOR_SPECS[config.data].input_size, model_info(config.model).min_input_size
+    return None if native >= needed else needed + (needed - native) % 2
 
 
-def load_trained_model(path: str | Path) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
-    """Rebuild a trained model from a checkpoint: ``(model in eval mode, config, checkpoint dict)``."""
-    state = load_checkpoint(path)
-    config = TrainConfig.from_dict(state["config"])
-    model = build_model(config, state["data_info"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit model {config.model} ({str(err).splitlines()[0]})") from err
-    return model.eval(), config, state
+def saved_config(run_dir: str | Path) -> TrainConfig:
+    """The configuration of the run in ``run_dir`` (from its ``last.pt``)."""
+    return TrainConfig.from_dict(load_checkpoint(Path(run_dir) / "last.pt")["config"], source=str(run_dir))
 
 
 class Trainer:
     """Trains ``config.model`` on ``config.data``; ``fit()`` runs all remaining epochs.
 
+    Use it as a context manager (or call :meth:`close`): it holds the run directory's lock, the
+    process group and the thread setting until closed.
+
     Args:
         config: the run's settings.
-        resume: continue from ``config.out/last.pt`` (its saved config is used).
-        progress: show tqdm progress bars (rank 0 only).
+        resume: continue from ``config.out/last.pt`` with the saved configuration; ``config`` may only
+            change ``epochs`` (extend the run), ``workers`` and ``out``, and ``None`` fields mean "as saved".
+            See :meth:`resume` for the usual way in.
+        progress: progress bars (rank 0 only); ``None``: only when stderr is a terminal.
+        overwrite: replace a run already in ``config.out`` (otherwise that is a :class:`RunDirectoryError`).
+        verbose: print one line per epoch (rank 0 only).
     """
 
-    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
-        checkpoint = None
-        if resume:
-            checkpoint = load_checkpoint(Path(config.out) / "last.pt")
-            config = TrainConfig.from_dict({**checkpoint["config"], "out": config.out})
+    def __init__(
+        self,
+        config: TrainConfig,
+        resume: bool = False,
+        progress: bool | None = None,
+        overwrite: bool = False,
+        verbose: bool = True,
+    ) -> None:
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.verbose = verbose
+        self.run = RunDirectory(config.out)
+        self.run_dir = self.run.path
+        self._threads_before = torch.get_num_threads()
+        is_main = int(os.environ.get("RANK", "0")) == 0
+        if not resume:
+            config.validate()
+        if is_main:
+            self.run.lock()
+        try:
+            checkpoint = None
+            if resume:
+                if not (self.run.path / "last.pt").is_file():
+                    raise RunDirectoryError(
+                        f"{self.run.path} has no last.pt to resume (no epoch of a run finished there); "
+                        "start the run without $resume"
+                    )
+                checkpoint = load_checkpoint(self.run.path / "last.pt", for_resume=True)
+                config = self._resumed_config(config, TrainConfig.from_dict(checkpoint["config"]), checkpoint)
+            elif is_main:
+                self.run.claim(overwrite)
+            self._setup(config)
+            if checkpoint is not None:
+                self._restore(checkpoint)
+                if self.dist.is_main:
+                    self.repaired = self.run.reconcile(self._state())
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def resume(
+        cls,
+        run_dir: str | Path,
+        epochs: int | None = None,
+        workers: int | None = None,
+        progress: bool | None = None,
+        verbose: bool = True,
+    ) -> Trainer:
+        """Continue the run in ``run_dir`` with its saved configuration; ``epochs`` above the saved count extends it.
+
+        Extending lays the learning-rate schedule out over the new total, as if the run had been planned for
+        ``epochs`` from the start: a finished cosine run restarts at the rate the longer schedule has at that step.
+        """
+        saved = saved_config(run_dir)
+        changes = {"out": str(run_dir), "epochs": epochs, "workers": workers}
+        config = replace(saved, **{k: v for k, v in changes.items() if v is not None})
+        return cls(config, resume=True, progress=progress, verbose=verbose)
+
+    def _resumed_config(self, given: TrainConfig, saved: TrainConfig, checkpoint: dict[str, Any]) -> TrainConfig:
+        for name, value in given.to_dict().items():
+            if name not in RESUME_OVERRIDES and value is not None and value != getattr(saved, name):
+                raise ConfigError(
+                    f"{self.run.path} is resumed with its saved configuration, where ${name} is "
+                    f"{getattr(saved, name)!r}; it cannot become {value!r}. Start a new run (another $out) instead",
+                    param=name,
+                )
+        if given.epochs < checkpoint["epoch"]:
+            raise ConfigError(
+                f"{self.run.path} has already trained {checkpoint['epoch']} epochs; $epochs must be at least that, "
+                f"got {given.epochs}",
+                param="epochs",
+            )
+        config = replace(saved, **{k: getattr(given, k) for k in RESUME_OVERRIDES})
         config.validate()
-        self.config, self.progress = config, progress
+        return config
+
+    def _setup(self, config: TrainConfig) -> None:
+        """Threads, device, process group, data, model, optimizer and schedule of a fresh start."""
+        config.threads = config.threads or default_threads() or torch.get_num_threads()
+        torch.set_num_threads(config.threads)
+        self.config = config
         self.device = resolve_device(config.device)
-        self.dist: DistInfo = setup(self.device)
+        self.dist: DistInfo = setup(self.device, config.dist_timeout)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.run_dir = Path(config.out)
         torch.manual_seed(config.seed)
         self.data = build_data(
             config.data,
@@ -178,7 +201,7 @@ class Trainer:
             train_subset=config.train_subset,
             test_subset=config.test_subset,
             workers=config.workers,
-            input_size=config.input_size,
+            input_size=input_size_for(config),
         )
         self.info = data_info(self.data)
         self.model = build_model(config, self.info).to(self.device)
@@ -198,11 +221,9 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best_acc = -1.0
-        if checkpoint is not None:
-            self._restore(checkpoint)
-        self.projected_layers = [
-            m for m in self.model.modules() if isinstance(m, Rank1Conv2d) and m.scheme == "projected"
-        ]
+        self.reference_loss: float | None = None
+        self.repaired: list[str] = []
+        self.constrained = [m for m in self.model.modules() if isinstance(m, Rank1Conv2d) and m.scheme == "projected"]
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -216,16 +237,22 @@ class Trainer:
         return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.epoch, self.history, self.best_acc = state["epoch"], list(state["history"]), state["best_acc"]
-        torch.set_rng_state(state["rng"]["torch"])
+        path = self.run.path / "last.pt"
+        load_state(self.model, state["model"], path, self.config.model)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            torch.set_rng_state(state["rng"]["torch"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise RunDirectoryError(f"{path}: its optimizer, schedule or RNG state does not fit ({err})") from err
+        self.epoch, self.history, self.best_acc = state["epoch"], list(state["history"]), float(state["best_acc"])
+        reference = state.get("reference_loss", self.history[0]["train_loss"] if self.history else None)
+        self.reference_loss = reference if isinstance(reference, (int, float)) else None
 
     def _state(self) -> dict[str, Any]:
         return {
             "model_name": self.config.model,
-            "config": asdict(self.config),
+            "config": self.config.to_dict(),
             "data_info": self.info,
             "epoch": self.epoch,
             "model": self.model.state_dict(),
@@ -234,18 +261,48 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state()},
             "history": self.history,
             "best_acc": self.best_acc,
+            "reference_loss": self.reference_loss,
         }
+
+    @property
+    def finished(self) -> bool:
+        """Whether every configured epoch is done."""
+        return self.epoch >= self.config.epochs
 
     def loss(self, output: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
         return classification_loss(output, target, self.config.label_smoothing, self.config.aux_weight)
 
     def project(self) -> None:
         """Re-project every ``projected`` rank-1 layer onto rank-1 filters (identically on every rank)."""
-        for module in self.projected_layers:
+        for module in self.constrained:
             module.project_()
 
     def on_step_end(self, epoch: int, step: int) -> None:
         """Hook called after every optimizer step (no-op; subclasses may override)."""
+
+    def _diverged(self, what: str, step: int | None = None) -> TrainingDiverged:
+        last = self.run.path / "last.pt"
+        if self.epoch == 0 or not last.exists():
+            saved = "No checkpoint was written yet."
+        else:
+            saved = f"The last good checkpoint, {last} (epoch {self.epoch}), is intact."
+        return TrainingDiverged(
+            f"{what} at epoch {self.epoch + 1}{'' if step is None else f', step {step + 1}'} "
+            f"(lr {self.schedule.lr:.3g}); training stopped before saving it. "
+            f"{saved} Lower $lr (or add $warmup_epochs) and retrain."
+        )
+
+    def _check_step_loss(self, loss: float, step: int) -> None:
+        if not math.isfinite(loss):
+            raise self._diverged(f"the loss became {loss}", step)
+        if self.reference_loss is None:
+            self.reference_loss = loss
+        elif loss > DIVERGENCE_FACTOR * max(self.reference_loss, 1e-3):
+            raise self._diverged(
+                f"the loss exploded to {loss:.3g} (over {DIVERGENCE_FACTOR:g}x the run's first loss, "
+                f"{self.reference_loss:.3g})",
+                step,
+            )
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training data; returns mean loss, accuracy and throughput (all ranks)."""
@@ -268,12 +325,8 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             output = model(x)
             loss = self.loss(output, y)
-            (step_loss,) = all_reduce_sum([loss.item()], self.dist)
-            if not math.isfinite(step_loss):
-                raise TrainingDiverged(
-                    f"loss became {step_loss} at epoch {self.epoch + 1}, step {step + 1} (lr {self.schedule.lr:.3g}); "
-                    f"training stopped. {self._last_good()} Lower --lr (or add --warmup-epochs) and retrain."
-                )
+            (step_loss,) = all_reduce_sum([loss.item()], self.dist, where=f"epoch {self.epoch + 1} step {step + 1}")
+            self._check_step_loss(step_loss / self.dist.world_size, step)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -293,57 +346,74 @@ class Trainer:
             self.on_step_end(self.epoch, step)
         bar.close()
         elapsed = time.perf_counter() - start
-        loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], self.dist)
+        loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], self.dist, f"end of epoch {self.epoch + 1}")
         return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "train_images_per_s": seen / elapsed}
 
-    def _last_good(self) -> str:
-        last = self.run_dir / "last.pt"
-        if self.epoch == 0 or not last.exists():
-            return "No checkpoint was written yet."
-        return f"The last good checkpoint, {last} (epoch {self.epoch}), is intact."
+    def _check_finite_model(self) -> None:
+        for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]:
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise self._diverged(f"weight {name} became non-finite")
+
+    def _run_epoch(self) -> dict[str, Any]:
+        """Train, project and test one epoch; raise :class:`TrainingDiverged` instead of returning a bad epoch."""
+        c = self.config
+        start = time.perf_counter()
+        row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.schedule.lr, **self.train_epoch()}
+        if self.epoch + 1 == c.epochs or (c.project_unit == "epoch" and (self.epoch + 1) % c.project_every == 0):
+            self.project()  # always after the last step: trained layers are exactly rank-1
+        result = evaluate(
+            self.model, self.data.test, self.data.num_classes, self.device, c.channels_last, dist_info=self.dist
+        )
+        if not math.isfinite(result.loss):
+            raise self._diverged(f"the test loss became {result.loss}")
+        self._check_finite_model()
+        row.update(test_loss=result.loss, test_acc=result.top1, test_top5=result.top5)
+        row["epoch_time_s"] = time.perf_counter() - start
+        return row
 
     def fit(self) -> list[dict[str, Any]]:
-        """Train until ``config.epochs``; returns the per-epoch metrics history."""
+        """Train until ``config.epochs``, committing each epoch (see the module doc); returns the history.
+
+        If it raises (divergence, Ctrl-C, a failed rank), the trainer is closed: its state is mid-epoch,
+        so continue with a new one (:meth:`resume`), which starts from the last committed epoch.
+        """
         c = self.config
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.json", json.dumps(asdict(c), indent=2) + "\n")
         try:
+            if self.dist.is_main:
+                self.run.write_config(c.to_dict())
             while self.epoch < c.epochs:
-                start = time.perf_counter()
-                lr = self.schedule.lr
-                row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": lr, **self.train_epoch()}
-                last = self.epoch + 1 == c.epochs
-                if last or (c.project_unit == "epoch" and (self.epoch + 1) % c.project_every == 0):
-                    self.project()  # always after the last step: trained layers are exactly rank-1
-                result = evaluate(
-                    self.model,
-                    self.data.test,
-                    self.data.num_classes,
-                    self.device,
-                    c.channels_last,
-                    dist_info=self.dist,
-                )
-                row.update(test_loss=result.loss, test_acc=result.top1, test_top5=result.top5)
-                row["epoch_time_s"] = time.perf_counter() - start
+                row = self._run_epoch()
                 self.epoch += 1
                 self.history.append(row)
-                self.schedule.epoch_end(result.top1)
-                is_best = result.top1 > self.best_acc
-                self.best_acc = max(self.best_acc, result.top1)
+                self.schedule.epoch_end(row["test_acc"])
+                is_best = row["test_acc"] > self.best_acc
+                self.best_acc = max(self.best_acc, row["test_acc"])
                 if self.dist.is_main:
-                    state = self._state()
-                    save_checkpoint(self.run_dir / "last.pt", state)
-                    if is_best:
-                        save_checkpoint(self.run_dir / "best.pt", state)
-                    write_metrics(self.run_dir, self.history)
-                    if self.progress:
-                        tqdm.write(
-                            f"epoch {row['epoch']}/{c.epochs}  loss {row['train_loss']:.4f}  "
-                            f"train acc {row['train_acc']:.4f}  test acc {row['test_acc']:.4f}  "
-                            f"top5 {row['test_top5']:.4f}  {row['train_images_per_s']:.0f} img/s  "
-                            f"{row['epoch_time_s']:.1f}s"
-                        )
-        finally:
-            teardown()
+                    self.run.commit_epoch(self._state(), is_best)
+                    self._log(row)
+        except BaseException:
+            self.close()
+            raise
         return self.history
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if self.verbose:
+            tqdm.write(
+                f"epoch {row['epoch']}/{self.config.epochs}  loss {row['train_loss']:.4f}  "
+                f"train acc {row['train_acc']:.4f}  test acc {row['test_acc']:.4f}  "
+                f"top5 {row['test_top5']:.4f}  {row['train_images_per_s']:.0f} img/s  "
+                f"{row['epoch_time_s']:.1f}s",
+                file=sys.stdout,
+            )
+
+    def close(self) -> None:
+        """Leave the process group, release the run directory and restore the thread count (idempotent)."""
+        teardown()
+        self.run.unlock()
+        torch.set_num_threads(self._threads_before)
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
