@@ -1,5 +1,6 @@
 """Augmentation and batch sources: the determinism/sharding contract, lazy padding, argument errors."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,3 +136,4 @@ def test_sharding_argument_errors_name_the_argument(kwargs, param, message):
 def test_evaluation_source_takes_any_size():
     source = ShardedSource(5, 256, train=False, seed=0, rank=0, world_size=1)
     assert len(source) == 1 and source.num_samples == 5
+    assert len(ShardedSource(5, np.int64(2), train=False, seed=np.int32(1), rank=0, world_size=1)) == 3  # numpy ints

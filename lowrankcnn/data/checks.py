@@ -10,6 +10,7 @@ Limits (a real run never comes near them; they stop a typo from exhausting memor
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -24,10 +25,11 @@ MAX_BATCH_BYTES = 8 * 2**30
 
 
 def check_int(name: str, value: object, minimum: int, *, optional: bool = False) -> None:
-    """``value`` must be an int (not a bool) ``>= minimum``, or ``None`` when ``optional``."""
+    """``value`` must be an integer (``int`` or numpy's, not a bool or float) ``>= minimum``, or ``None`` when
+    ``optional``."""
     if optional and value is None:
         return
-    if type(value) is not int or value < minimum:  # bool and float are refused, not truncated
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:  # no float, no bool
         none = " (or None)" if optional else ""
         raise ConfigError(f"${name} must be an integer >= {minimum}{none}, got {value!r}", param=name)
 
