@@ -159,9 +159,10 @@ def test_subset_applies_before_anything_is_padded(fmnist_dir):
     [
         (dict(input_size=100000), f"input_size=100000 is larger than the {MAX_INPUT_SIZE} pixels"),
         (dict(input_size=4096, batch_size=256), r"training batches of 256 images of 1x4096x4096 would take 16.0 GiB"),
-        (dict(input_size=4096, batch_size=4, eval_batch_size=512), r"test batches of 512 images .* 32.0 GiB"),
+        (dict(input_size=4096, batch_size=4, eval_batch_size=512), r"test batches of 512 .*32.0 GiB.*eval_batch_size$"),
+        (dict(input_size=4096, batch_size=512, splits=("test",)), r"test batches of 512 .*input_size or batch_size$"),
     ],
-    ids=["input-size", "train-batch", "eval-batch"],
+    ids=["input-size", "train-batch", "eval-batch", "eval-batch-from-batch-size"],
 )
 def test_impossible_sizes_are_refused_before_any_allocation(fmnist_dir, kwargs, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -11,7 +11,7 @@ import torch
 from ..errors import ConfigError
 from .augment import BatchAugment
 from .checks import Split, check_batch_bytes, check_input_size, check_int, check_sharding, check_splits
-from .cifar import load_cifar, load_cifar_classes
+from .cifar import cifar_dir, load_cifar, load_cifar_classes
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from .imagefolder import IMAGENET_MEAN, IMAGENET_STD, open_image_folder
 from .sources import BatchSource, ImageFolderSource, TensorSource
@@ -139,6 +139,7 @@ def build_data(
     """
     splits = check_splits(splits)
     _check_name(name)
+    eval_arg = "batch_size" if eval_batch_size is None else "eval_batch_size"  # the argument that set it
     eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
     check_sharding(batch_size, seed, rank, world_size, train="train" in splits)
     check_int("eval_batch_size", eval_batch_size, 1)
@@ -160,10 +161,10 @@ def build_data(
             f"{spec.input_size} or larger by an even amount (zero-padded), got {size}",
             param="input_size",
         )
-    batches = {"train": ("training", batch_size // world_size, "batch_size")}
-    batches["test"] = ("test", max(1, eval_batch_size // world_size), "eval_batch_size")
-    for split in splits:
-        check_batch_bytes(size, in_chans, batches[split][1], batches[split][0], batches[split][2])
+    if "train" in splits:
+        check_batch_bytes(size, in_chans, batch_size // world_size, "training", "batch_size")
+    if "test" in splits:
+        check_batch_bytes(size, in_chans, max(1, eval_batch_size // world_size), "test", eval_arg)
     subsets: dict[Split, int | None] = {"train": train_subset, "test": test_subset}
     global_batch = {"train": batch_size, "test": eval_batch_size}
     sharding = dict(seed=seed, rank=rank, world_size=world_size)
@@ -177,6 +178,8 @@ def build_data(
                 dataset, normalize, global_batch[split], train=train, workers=workers, **sharding
             )
     else:
+        if name != "fashion-mnist":
+            cifar_dir(name, data_dir, splits)  # type: ignore[arg-type]  # every file there before any is read
         pad = (size - spec.input_size) // 2
         for split in splits:
             train = split == "train"
