@@ -139,14 +139,15 @@ def _real_checkpoint(path: Path) -> None:
     save_checkpoint(path, state)
 
 
-def test_fuzz_load_checkpoint(tmp_path):
+@pytest.mark.parametrize("for_resume", [False, True], ids=["eval", "resume"])
+def test_fuzz_load_checkpoint(tmp_path, for_resume):
     path = tmp_path / "last.pt"
     _real_checkpoint(path)
     good = path.read_bytes()
-    load = lambda: load_checkpoint(path)  # noqa: E731
+    load = lambda: load_checkpoint(path, for_resume=for_resume)  # noqa: E731
     assert set(load()["model"]) == set(lowrankcnn.create_model("nin_c3_lr", width_mult=0.125).state_dict())
 
     def check(state: dict) -> None:
         assert isinstance(state, dict) and isinstance(state["model"], dict)
 
-    fuzz(path, mutations(good, SEED + 5), load, check)
+    fuzz(path, mutations(good, SEED + 5 + for_resume), load, check)
