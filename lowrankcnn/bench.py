@@ -12,20 +12,25 @@ count promises; ``speedup = baseline latency / latency`` is what was measured;
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from typing import Literal, get_args
 
 import torch
 
-from .deploy import TARGETS, deploy, deploy_report
-from .models import create_model, list_models, model_info
-from .profile import profile
+from .data.checks import check_input_size, check_int
+from .deploy import deploy, deploy_report
+from .errors import ConfigError
+from .models import create_model, model_info
+from .profile import check_memory, memory_estimate, profile
 from .tables import format_table
 from .timing import Timing, inference_fn, interleaved
 from .training.trainer import classification_loss
 
-DEPLOY_CHOICES = ("none", *TARGETS)
+BenchDeploy = Literal["none", "factorized", "dense", "auto"]
+DEPLOY_CHOICES: tuple[BenchDeploy, ...] = get_args(BenchDeploy)
 
 
 def dense_twin(name: str) -> str | None:
@@ -53,7 +58,7 @@ class BenchSettings:
     input_size: int | None = None
     batch_size: int = 64
     train: bool = False
-    deploy: str = "factorized"
+    deploy: BenchDeploy = "factorized"
     channels_last: bool = False
     compile: bool = False
     width_mult: float = 1.0
@@ -64,13 +69,25 @@ class BenchSettings:
     warmup: int = 3
 
     def validate(self) -> None:
+        """Raise a ``ConfigError`` naming the first setting that is invalid (model arguments are checked by
+        ``create_model``)."""
         if self.deploy not in DEPLOY_CHOICES:
-            raise ValueError(f"bench: deploy must be one of {', '.join(DEPLOY_CHOICES)}, got {self.deploy!r}")
+            raise ConfigError(
+                f"bench: $deploy must be one of {', '.join(DEPLOY_CHOICES)}, got {self.deploy!r}", param="deploy"
+            )
         if self.train and self.deploy != "none":
-            raise ValueError("bench: a training step times the model as trained; use deploy='none' with train")
-        for what in ("batch_size", "repeats"):
-            if getattr(self, what) < 1:
-                raise ValueError(f"bench: {what} must be at least 1, got {getattr(self, what)}")
+            raise ConfigError(
+                "bench: a training step times the model as trained; use $deploy=none with $train", param="deploy"
+            )
+        check_int("batch_size", self.batch_size, 1)
+        check_int("repeats", self.repeats, 1)
+        check_int("warmup", self.warmup, 0)
+        if self.input_size is not None:
+            check_input_size(self.input_size)
+        if not isinstance(self.width_mult, (int, float)) or not math.isfinite(self.width_mult) or self.width_mult <= 0:
+            raise ConfigError(
+                f"bench: $width_mult must be a positive number, got {self.width_mult!r}", param="width_mult"
+            )
 
 
 @dataclass
@@ -84,12 +101,25 @@ class Candidate:
     choices: list[dict]
 
 
+def _build(name: str, s: BenchSettings) -> torch.nn.Module:
+    return create_model(name, num_classes=s.num_classes, in_chans=s.in_chans, width_mult=s.width_mult, **s.model_kwargs)
+
+
 def prepare(name: str, s: BenchSettings) -> Candidate:
-    """Build ``name`` and the zero-argument callable that runs one inference batch or training step."""
-    model = create_model(
-        name, num_classes=s.num_classes, in_chans=s.in_chans, width_mult=s.width_mult, **s.model_kwargs
-    )
+    """Build ``name`` and the zero-argument callable that runs one inference batch or training step.
+
+    The model is first built on the meta device (nothing allocated) to check that it, a batch and its
+    activations fit in memory (a ``ConfigError`` naming the setting to lower if not).
+    """
     size = s.input_size or model_info(name).input_size
+    with torch.device("meta"):
+        shapes = profile(_build(name, s), size, training=False)
+    check_memory(
+        memory_estimate(shapes, s.batch_size, training=s.train),
+        f"bench: {name} at width {s.width_mult:g} on batches of {s.batch_size} images of {size}x{size}",
+        ("batch_size", "input_size", "width_mult"),
+    )
+    model = _build(name, s)
     x = torch.randn(s.batch_size, model.in_chans, size, size)
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=memory_format)
@@ -230,8 +260,7 @@ def bench(model: str, baseline: str | None = None, settings: BenchSettings | Non
     s = settings or BenchSettings()
     s.validate()
     for name in filter(None, (model, baseline)):
-        if name not in list_models():
-            raise ValueError(f"bench: unknown model {name!r}; run `lowrankcnn models` to list them")
+        model_info(name)  # a ConfigError naming the close matches for an unknown name
     if s.input_size is None:  # a copy: the caller's settings stay as given
         s = replace(s, input_size=model_info(model).input_size)
     a = prepare(model, s)

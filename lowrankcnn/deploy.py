@@ -1,8 +1,9 @@
 """Deploy transform: an inference-only copy of a model built from standard PyTorch modules.
 
 ``deploy(model, target)`` deep-copies ``model`` in eval mode, folds every batch
-norm that follows a conv (or linear) layer into it, and replaces each low-rank
-layer by standard modules computing the same function:
+norm that follows a conv (or linear) layer into it where that is provably exact
+(:mod:`lowrankcnn.layers.fold`), and replaces each low-rank layer by standard
+modules computing the same function:
 
 * ``target="factorized"``: composite layers run one conv per basis group,
   concatenated, then the join 1x1 (``CompositeConv2d.factorized``); separable
@@ -10,44 +11,55 @@ layer by standard modules computing the same function:
   (``rank1="fused"``: 1x1 then one depthwise k x k, the default, measured faster
   on CPU; ``rank1="chain"``: 1x1 -> depthwise k x 1 -> depthwise 1 x k).
 * ``target="dense"``: every low-rank layer fused into one ``nn.Conv2d``
-  (a ``ValueError`` names any layer that has no exact dense form).
+  (a ``ConfigError`` names any layer that has no exact dense form).
 * ``target="auto"``: per layer, whichever of the two is faster on this machine,
   timed once on the layer's real input shape; the decision and both timings are
   recorded on the chosen module (``deploy_form``, ``deploy_ms``).
 
-Every replaced module carries ``deploy_form``; ``deploy_report`` lists them.
-The original model is not modified.
+Batch-norm folding needs one forward pass on a zero batch of ``input_shape`` (by default batch 1 at a
+registered model's native size) to count how often each module runs: a conv that a ``forward``
+also calls outside its ``nn.Sequential`` is shared, and folding into it would change its other use.
+Without an input shape (an unregistered model and no ``input_shape``) nothing is folded.
+
+``deploy_report`` lists every replaced layer, and every batch norm after a foldable layer that was
+kept (form ``"unfolded"``) with the reason. A low-rank module registered under several names is
+replaced everywhere by one deployed module. The original model is not modified.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
+from .errors import ConfigError, LowRankCNNError, ShapeError
 from .layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
-from .layers.fold import fold_batchnorms_
+from .layers.fold import BatchNorm, count_calls, fold_batchnorms_
 from .layers.fuse import equivalent_dense_conv
 from .timing import inference_fn, interleaved
 
-TARGETS = ("factorized", "dense", "auto")
-RANK1_FORMS = ("fused", "chain")
+Target = Literal["factorized", "dense", "auto"]
+Rank1Deploy = Literal["fused", "chain"]
+TARGETS: tuple[Target, ...] = get_args(Target)
+RANK1_FORMS: tuple[Rank1Deploy, ...] = get_args(Rank1Deploy)
 LOW_RANK: tuple[type[nn.Module], ...] = (CompositeConv2d, SeparableConv2d, Rank1Conv2d, ConsecutiveConv2d)
 
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """One deployed layer: its name, the form used, and the auto timings (ms per call, if timed)."""
+    """One deployed layer: its name, the form used (``"factorized"``, ``"dense"``, or ``"unfolded"`` for a
+    batch norm left in place), the auto timings (ms per call, if timed) and why (for ``"unfolded"``)."""
 
     name: str
     form: str
     ms: dict[str, float]
+    note: str = ""
 
 
-def factorized_form(module: nn.Module, rank1: str = "fused") -> nn.Module:
+def factorized_form(module: nn.Module, rank1: Rank1Deploy = "fused") -> nn.Module:
     """Standard modules computing the low-rank layer ``module`` in its factorized form."""
     if isinstance(module, CompositeConv2d):
         return module.factorized()
@@ -55,40 +67,47 @@ def factorized_form(module: nn.Module, rank1: str = "fused") -> nn.Module:
         return nn.Sequential(copy.deepcopy(module.horizontal), copy.deepcopy(module.vertical))
     if isinstance(module, (Rank1Conv2d, ConsecutiveConv2d)):
         return module.deploy(fuse_spatial=rank1 == "fused")
-    raise ValueError(f"factorized_form: {type(module).__name__} is not a low-rank layer")
+    raise ConfigError(f"factorized_form: {type(module).__name__} is not a low-rank layer")
 
 
-def _candidates(module: nn.Module, target: str, rank1: str) -> dict[str, nn.Module]:
+def _candidates(module: nn.Module, target: Target, rank1: Rank1Deploy) -> dict[str, nn.Module]:
     forms: dict[str, nn.Module] = {}
     if target in ("factorized", "auto"):
         forms["factorized"] = factorized_form(module, rank1)
     if target in ("dense", "auto"):
         try:
             forms["dense"] = equivalent_dense_conv(module)
-        except ValueError:
+        except ConfigError:
             if target == "dense":
                 raise
     return forms
 
 
-def _input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, torch.Size]:
-    """Input shape of every low-rank layer of ``model`` on a zero batch of ``input_shape``."""
-    shapes: dict[str, torch.Size] = {}
+def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dict[nn.Module, int], dict[nn.Module, torch.Size]]:
+    """Calls per module and the input shape of every low-rank layer, on a zero batch of ``input_shape``."""
+    shapes: dict[nn.Module, torch.Size] = {}
 
-    def record(name: str) -> Callable[[nn.Module, tuple], None]:
-        def hook(_module: nn.Module, args: tuple) -> None:
-            shapes.setdefault(name, args[0].shape)
+    def record(module: nn.Module, args: tuple) -> None:
+        shapes.setdefault(module, args[0].shape)
 
-        return hook
-
-    hooks = [m.register_forward_pre_hook(record(name)) for name, m in model.named_modules() if isinstance(m, LOW_RANK)]
+    param = next(model.parameters(), None)
+    x = torch.zeros(input_shape, device=param.device if param is not None else None)
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, LOW_RANK)]
     try:
-        with torch.no_grad():
-            model(torch.zeros(input_shape))
+        calls = count_calls(model, lambda: model(x))
+    except LowRankCNNError:
+        raise
+    except RuntimeError as err:  # a plain torch layer refusing the shape
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ShapeError(
+            f"deploy: the model does not run on a batch shaped {tuple(input_shape)} ({first}); "
+            "pass the $input_shape it takes",
+            param="input_shape",
+        ) from err
     finally:
         for hook in hooks:
             hook.remove()
-    return shapes
+    return dict(calls), shapes
 
 
 def _time_forms(forms: dict[str, nn.Module], shape: torch.Size, channels_last: bool, repeats: int) -> dict[str, float]:
@@ -101,57 +120,120 @@ def _time_forms(forms: dict[str, nn.Module], shape: torch.Size, channels_last: b
     return {k: t.median * 1e3 for k, t in timings.items()}
 
 
-def _default_input_shape(model: nn.Module) -> tuple[int, int, int, int]:
-    from .models import model_info
+def _default_input_shape(model: nn.Module) -> tuple[int, int, int, int] | None:
+    """Batch 1 at the registered model's native size, or ``None`` for a model not built by ``create_model``."""
+    from .models import list_models, model_info
 
     name = getattr(model, "model_name", None)
-    if name is None:
-        raise ValueError(
-            "deploy: target='auto' times each layer on its real input shape; pass input_shape=(N, C, H, W)"
-        )
+    if name not in list_models():
+        return None
     info = model_info(name)
     return (1, getattr(model, "in_chans", info.in_chans), info.input_size, info.input_size)
+
+
+def _check_arguments(target: str, rank1: str, input_shape: object, repeats: object) -> None:
+    if target not in TARGETS:
+        raise ConfigError(f"deploy: $target must be one of {', '.join(TARGETS)}, got {target!r}", param="target")
+    if rank1 not in RANK1_FORMS:
+        raise ConfigError(f"deploy: $rank1 must be one of {', '.join(RANK1_FORMS)}, got {rank1!r}", param="rank1")
+    if input_shape is not None and (
+        not isinstance(input_shape, (tuple, list, torch.Size))
+        or len(input_shape) < 2
+        or not all(type(s) is int and s > 0 for s in input_shape)
+    ):
+        raise ConfigError(
+            f"deploy: $input_shape must be positive integers (N, C, H, W), got {input_shape!r}", param="input_shape"
+        )
+    if type(repeats) is not int or repeats < 1:
+        raise ConfigError(f"deploy: $repeats must be an integer >= 1, got {repeats!r}", param="repeats")
+
+
+def _trace_for_deploy(
+    model: nn.Module, target: Target, input_shape: tuple[int, ...] | None
+) -> tuple[dict[nn.Module, int] | None, dict[nn.Module, torch.Size], str | None]:
+    """``(calls, low-rank input shapes, None)``, or ``(None, {}, why batch norms cannot be folded)``.
+
+    The forward pass is skipped when nothing needs it (no batch norm to fold and no timing).
+    """
+    if target != "auto" and not any(isinstance(m, BatchNorm) for m in model.modules()):
+        return None, {}, None
+    if input_shape is not None:
+        calls, shapes = _trace(model, tuple(input_shape))
+        return calls, shapes, None
+    shape = _default_input_shape(model)
+    if shape is None and target == "auto":
+        raise ConfigError(
+            "deploy: target='auto' times each layer on its real input shape; pass $input_shape=(N, C, H, W)",
+            param="input_shape",
+        )
+    why = "no input shape to trace the forward pass with; pass input_shape=(N, C, H, W)"
+    if shape is None:
+        return None, {}, why
+    try:
+        calls, shapes = _trace(model, shape)
+    except LowRankCNNError:
+        if target == "auto":
+            raise
+        return None, {}, f"{why} (it does not run at its native size {shape})"
+    return calls, shapes, None
+
+
+def _replace(root: nn.Module, module: nn.Module, new: nn.Module) -> nn.Module:
+    """Put ``new`` wherever ``module`` is registered in ``root`` (every name); returns the new root."""
+    if module is root:
+        return new
+    for name, m in list(root.named_modules(remove_duplicate=False)):
+        if m is module:
+            parent, _, child = name.rpartition(".")
+            setattr(root.get_submodule(parent), child, new)
+    return root
 
 
 @torch.no_grad()
 def deploy(
     model: nn.Module,
-    target: str = "factorized",
-    rank1: str = "fused",
+    target: Target = "factorized",
+    rank1: Rank1Deploy = "fused",
     channels_last: bool = False,
     input_shape: tuple[int, int, int, int] | None = None,
     repeats: int = 10,
 ) -> nn.Module:
     """An eval-mode, BN-folded copy of ``model`` with every low-rank layer in the ``target`` form.
 
-    ``input_shape`` (``auto`` only) is the batch shape the layers are timed for; it defaults to
-    batch 1 at the registered model's native size. ``channels_last`` converts the copy (feed it
-    channels-last inputs too). Raises ``ValueError`` for an unknown target/rank1 form and, with
-    ``target="dense"``, for a layer that has no exact dense form.
+    Args:
+        model: any module; its low-rank layers are replaced, the rest is kept.
+        target: ``"factorized"``, ``"dense"`` or ``"auto"`` (see the module doc).
+        rank1: deployed form of rank-1 layers, ``"fused"`` or ``"chain"``.
+        channels_last: convert the copy to channels-last (feed it channels-last inputs too).
+        input_shape: ``(N, C, H, W)`` of the zero batch that traces the forward pass (which batch norms can
+            be folded) and that ``auto`` times the layers for; defaults to batch 1 at the registered model's
+            native size. Required for ``auto`` on a model not built by ``create_model``.
+        repeats: timed calls per form (``auto``).
+
+    Raises:
+        ConfigError: an unknown target/rank1, ``auto`` without an input shape, or (``dense``) a layer with no
+            exact dense form.
+        ShapeError: the model does not run on ``input_shape``.
     """
-    if target not in TARGETS:
-        raise ValueError(f"deploy: target must be one of {', '.join(TARGETS)}, got {target!r}")
-    if rank1 not in RANK1_FORMS:
-        raise ValueError(f"deploy: rank1 must be one of {', '.join(RANK1_FORMS)}, got {rank1!r}")
+    _check_arguments(target, rank1, input_shape, repeats)
     deployed = copy.deepcopy(model).eval()
-    fold_batchnorms_(deployed)
-    shapes: dict[str, torch.Size] = {}
-    if target == "auto":
-        shapes = _input_shapes(deployed, input_shape or _default_input_shape(deployed))
+    calls, shapes, untraced = _trace_for_deploy(deployed, target, input_shape)
+    folds = fold_batchnorms_(deployed, calls, keep_all=untraced)
+    for name, reason in folds.kept.items():
+        bn = deployed.get_submodule(name)
+        bn.deploy_form, bn.deploy_ms, bn.deploy_note = "unfolded", {}, reason
     for name, module in [(n, m) for n, m in deployed.named_modules() if isinstance(m, LOW_RANK)]:
         try:
             forms = _candidates(module, target, rank1)
-        except ValueError as err:
-            raise ValueError(f"deploy: layer {name or type(module).__name__}: {err}; use target='factorized'") from None
-        ms = _time_forms(forms, shapes[name], channels_last, repeats) if name in shapes and len(forms) > 1 else {}
+        except ConfigError as err:
+            raise ConfigError(
+                f"deploy: layer {name or type(module).__name__}: {err}; use $target='factorized'", param="target"
+            ) from None
+        ms = _time_forms(forms, shapes[module], channels_last, repeats) if module in shapes and len(forms) > 1 else {}
         form = min(ms, key=ms.__getitem__) if ms else next(iter(forms))
         chosen = forms[form]
         chosen.deploy_form, chosen.deploy_ms = form, ms
-        if not name:
-            deployed = chosen
-            break
-        parent, _, child = name.rpartition(".")
-        setattr(deployed.get_submodule(parent), child, chosen)
+        deployed = _replace(deployed, module, chosen)
     for p in deployed.parameters():
         p.requires_grad_(False)
     if channels_last:
@@ -160,9 +242,9 @@ def deploy(
 
 
 def deploy_report(deployed: nn.Module) -> list[LayerChoice]:
-    """The layers ``deploy`` replaced, in module order, with their form and auto timings."""
+    """The layers ``deploy`` replaced and the batch norms it kept, in module order, with form, timings, reason."""
     return [
-        LayerChoice(name, m.deploy_form, dict(m.deploy_ms))
+        LayerChoice(name, m.deploy_form, dict(m.deploy_ms), getattr(m, "deploy_note", ""))
         for name, m in deployed.named_modules()
         if hasattr(m, "deploy_form")
     ]

@@ -21,6 +21,8 @@ or ``"assembled"`` (as trained: one dense conv, ``C_in * k_h * k_w``).
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -28,6 +30,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .data.checks import MAX_INPUT_SIZE
+from .errors import ConfigError, LowRankCNNError, ShapeError
 from .layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
 from .tables import format_table
 
@@ -153,6 +157,48 @@ def outermost_units(model: nn.Module) -> dict[nn.Module, str]:
     return units
 
 
+def input_channels(model: nn.Module) -> int | None:
+    """Input channels of ``model``: ``model.in_chans`` if set, else ``in_channels`` of its first conv (or
+    low-rank conv) in module order; ``None`` if the first conv/linear layer is a linear one or there is none."""
+    declared = getattr(model, "in_chans", None)
+    if type(declared) is int:
+        return declared
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            return None
+        channels = getattr(module, "in_channels", None)
+        if isinstance(module, UNIT_TYPES) and type(channels) is int:
+            return channels
+    return None
+
+
+def _input_shape(model: nn.Module, input_size: int | Sequence[int], in_chans: int | None) -> tuple[int, int, int]:
+    """``(C, H, W)`` of one image from ``profile``'s arguments (see there)."""
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if not 2 <= len(size) <= 3 or not all(type(s) is int and 0 < s for s in size):
+        raise ConfigError(
+            f"profile: $input_size must be S, (H, W) or (C, H, W) positive integers, got {input_size!r}",
+            param="input_size",
+        )
+    if max(size[-2:]) > MAX_INPUT_SIZE:
+        raise ConfigError(
+            f"profile: $input_size {input_size!r} is larger than the {MAX_INPUT_SIZE} pixels this library accepts",
+            param="input_size",
+        )
+    if in_chans is not None and (type(in_chans) is not int or in_chans < 1):
+        raise ConfigError(f"profile: $in_chans must be a positive integer, got {in_chans!r}", param="in_chans")
+    if len(size) == 3:
+        return size  # type: ignore[return-value]
+    channels = in_chans or input_channels(model)
+    if channels is None:
+        raise ConfigError(
+            f"profile: cannot tell how many input channels {type(model).__name__} takes (its first layer is not a "
+            "conv); pass $in_chans, or $input_size as (C, H, W)",
+            param="in_chans",
+        )
+    return (channels, *size)
+
+
 @torch.no_grad()
 def profile(
     model: nn.Module,
@@ -168,24 +214,26 @@ def profile(
         model: any module built from conv/linear layers (zoo models or not).
         input_size: ``S`` (square), ``(H, W)`` or ``(C, H, W)``.
         convention: ``"standard"`` or ``"paper"`` (adds one MAC per bias).
-        in_chans: input channels when ``input_size`` has no channel axis;
-            defaults to ``model.in_chans`` or 3.
+        in_chans: input channels when ``input_size`` has no channel axis; defaults to
+            ``model.in_chans``, else the ``in_channels`` of the model's first conv (:func:`input_channels`).
         training: profile in training mode (e.g. to count GoogLeNet's auxiliary heads).
         rank1_form: count ``Rank1Conv2d`` layers ``"decomposed"`` (deployed) or ``"assembled"`` (trained).
 
     Returns:
         ``ProfileResult`` with per-unit rows in execution order; a unit called
         several times gets one row per call.
+
+    Raises:
+        ConfigError: a bad argument, or no way to tell the input channels (pass ``in_chans``).
+        ShapeError: the model does not run on a ``(1, C, H, W)`` input of that size.
     """
     if convention not in ("standard", "paper"):
-        raise ValueError(f"profile: convention must be 'standard' or 'paper', got {convention!r}")
+        raise ConfigError(f"profile: $convention must be 'standard' or 'paper', got {convention!r}", param="convention")
     if rank1_form not in ("decomposed", "assembled"):
-        raise ValueError(f"profile: rank1_form must be 'decomposed' or 'assembled', got {rank1_form!r}")
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if len(size) == 2:
-        size = (in_chans or getattr(model, "in_chans", 3), *size)
-    if len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f"profile: input_size must be S, (H, W) or (C, H, W) positive integers, got {input_size!r}")
+        raise ConfigError(
+            f"profile: $rank1_form must be 'decomposed' or 'assembled', got {rank1_form!r}", param="rank1_form"
+        )
+    size = _input_shape(model, input_size, in_chans)
 
     units = outermost_units(model)
     owner = {leaf: unit for unit in units for leaf in unit.modules() if isinstance(leaf, LEAF_TYPES)}
@@ -218,6 +266,15 @@ def profile(
     try:
         model.train(training)
         model(torch.zeros((1, *size), device=device, dtype=dtype))
+    except LowRankCNNError:
+        raise
+    except RuntimeError as err:  # a plain torch layer refusing the shape (e.g. a channel mismatch)
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ShapeError(
+            f"profile: {type(model).__name__} does not run on a (1, {', '.join(map(str, size))}) input ({first}); "
+            "check $input_size and $in_chans",
+            param="input_size",
+        ) from err
     finally:
         model.train(was_training)
         for h in handles:
@@ -228,3 +285,36 @@ def profile(
     return ProfileResult(
         name, size, convention, total_params, sum(r.macs for r in rows), rows, rank1_form if has_rank1 else None
     )
+
+
+def memory_estimate(result: ProfileResult, batch_size: int, training: bool = False) -> int:
+    """Rough float32 bytes to run ``batch_size`` images through the profiled model (an upper-side guess).
+
+    Inference: the weights, the input and three times the largest layer output. Training: four copies of the
+    weights (weights, gradients, optimizer state, spare) plus three times every layer output (kept for the
+    backward pass, with the activations and norms around them).
+    """
+    outputs = [math.prod(r.output_shape) for r in result.layers] or [0]
+    image = math.prod(result.input_size)
+    if training:
+        return 4 * (4 * result.params + batch_size * (image + 3 * sum(outputs)))
+    return 4 * (result.params + batch_size * (image + 3 * max(outputs)))
+
+
+def memory_budget() -> int:
+    """Bytes a single run may plan to use: 80% of this machine's physical memory (8 GiB if unknown)."""
+    try:
+        return int(0.8 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def check_memory(needed: int, what: str, params: Sequence[str]) -> None:
+    """Raise a ``ConfigError`` naming ``params`` (Python argument names) if ``needed`` bytes exceed the budget."""
+    budget = memory_budget()
+    if needed > budget:
+        raise ConfigError(
+            f"{what} would need about {needed / 2**30:.1f} GiB of memory, more than the {budget / 2**30:.1f} GiB "
+            f"this machine can give it; use a smaller {' or '.join(f'${p}' for p in params)}",
+            param=params[0],
+        )

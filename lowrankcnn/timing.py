@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 
 @dataclass
 class Timing:
@@ -29,7 +31,14 @@ class Timing:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2) -> dict[str, Timing]:
-    """Time each callable ``repeats`` times in the order A, B, A, B, ... after ``warmup`` untimed rounds."""
+    """Time each callable ``repeats`` times in the order A, B, A, B, ... after ``warmup`` untimed rounds.
+
+    Raises:
+        ConfigError: ``repeats`` < 1 or ``warmup`` < 0 (or not integers).
+    """
+    for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if type(value) is not int or value < low:
+            raise ConfigError(f"timing: ${name} must be an integer >= {low}, got {value!r}", param=name)
     for _ in range(warmup):
         for fn in fns.values():
             fn()

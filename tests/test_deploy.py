@@ -69,7 +69,7 @@ def test_fold_refuses_what_it_cannot_fold():
     assert not fold_affine_(nn.ReLU(), torch.ones(4), torch.zeros(4))
     assert not fold_affine_(nn.Conv2d(3, 5, 1), torch.ones(4), torch.zeros(4))  # channel mismatch
     relu_first = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.BatchNorm2d(4))
-    assert fold_batchnorms_(relu_first) == []  # a ReLU stands between: nothing folded
+    assert fold_batchnorms_(relu_first).folded == []  # a ReLU stands between: nothing folded
     assert isinstance(relu_first[2], nn.BatchNorm2d)
 
 
