@@ -1,84 +1,400 @@
-"""Exporting a deployed model to ONNX or TorchScript, and checking the ONNX file with onnxruntime.
+"""Exporting a deployed model to ONNX or TorchScript, checked against PyTorch before it is written.
 
-Files are written to a temporary name in the target directory and renamed into
-place, so an interrupted export never leaves a half-written file. The batch
-axis is dynamic in both formats; the image size is the one exported with.
+:func:`export_checked` is the whole pipeline (what ``lowrankcnn export`` runs):
+
+1. optionally prepend the input normalization (``include_preprocessing``): the file then takes raw
+   pixel values 0..255 (float32, NCHW) instead of normalized ones;
+2. serialize in memory: ONNX (torch.export-based exporter, opset 18, weights inside the file) or
+   TorchScript (``torch.jit.trace``), both with a dynamic batch axis, with the preprocessing recorded
+   as metadata (below);
+3. run the serialized model (onnxruntime / ``torch.jit.load``) on random inputs of another batch size
+   and compare with PyTorch: a difference above ``rtol * max(1, max |output|)``, or any non-finite
+   output or difference, is an :class:`~lowrankcnn.errors.ExportError` and **nothing is written**;
+4. write the bytes atomically: a full disk, a read-only folder or a directory in the way is an
+   :class:`~lowrankcnn.errors.OutputError`, and neither a partial nor a temporary file is left.
+
+Metadata: string keys and values, the same in both formats (ONNX ``metadata_props``; TorchScript the
+``_extra_files`` entry ``lowrankcnn.json``, a JSON object), read back by :func:`read_export_metadata`.
+``input_layout`` (``NCHW``), ``input_shape`` (JSON ``["N", C, H, W]``), ``input_dtype`` (``float32``),
+``input_range`` (what the input values are), ``input_geometry`` (how the training images were padded or
+resized to the input size), ``normalization_included`` (``true``: the graph normalizes
+raw pixels itself), ``mean`` and ``std`` (JSON lists, per channel: normalized = ``(x / 255 - mean) /
+std`` for pixels ``x`` in 0..255), ``class_names`` (JSON list, index = output logit), ``dataset``,
+``model``, ``output`` and ``lowrankcnn_version``.
 """
 
 from __future__ import annotations
 
+import copy
+import io
+import json
 import logging
+import math
+import os
 import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
-from .utils import atomic_path
+from .data.checks import check_input_size
+from .errors import ConfigError, ExportError, MissingDependencyError, OutputError
+from .profile import check_memory, memory_estimate, profile
+from .utils import atomic_write_bytes
 
-FORMATS = ("onnx", "torchscript")
+ExportFormat = Literal["onnx", "torchscript"]
+FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
+EXTRA_FILE = "lowrankcnn.json"
+"""Name of the TorchScript ``_extra_files`` entry holding the metadata."""
+CHECK_BATCH = 3
+"""Batch size of the check (the export traces batch 2, so the dynamic batch axis is checked too)."""
 
 
 def _require(module: str) -> None:
     try:
         __import__(module)
     except ImportError:
-        raise ValueError(f"{module} is not installed; pip install 'lowrankcnn[export]'") from None
+        raise MissingDependencyError(f"{module} is not installed; pip install 'lowrankcnn[export]'") from None
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What an exported model's input must be: ``(x / 255 - mean) / std`` per channel of pixels ``x`` in 0..255.
+
+    Attributes:
+        mean, std: per-channel statistics (``len == in_chans``, ``std > 0``).
+        input_size: the square side the model was exported for.
+        class_names: the label of each output logit, in order.
+        dataset: the training data set's name.
+        geometry: how the data set's images were brought to ``input_size`` (padding or resize and crop).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: int
+    class_names: tuple[str, ...] = ()
+    dataset: str = ""
+    geometry: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.mean or len(self.mean) != len(self.std):
+            raise ConfigError(f"Preprocessing: $mean {self.mean!r} and $std {self.std!r} need one value per channel")
+        if not all(math.isfinite(m) for m in self.mean) or not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise ConfigError(f"Preprocessing: $mean {self.mean!r} must be finite and $std {self.std!r} positive")
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.mean)
+
+    @classmethod
+    def from_data_info(cls, info: Mapping[str, Any], input_size: int | None = None) -> Preprocessing:
+        """From a checkpoint's ``data_info``; one without ``mean``/``std`` (before lowrankcnn 0.2) gets the
+        normalization its data set is trained with (:func:`lowrankcnn.data.normalization`)."""
+        if "mean" in info and "std" in info:
+            mean, std = info["mean"], info["std"]
+        else:
+            from .data import normalization
+
+            mean, std = normalization(info["name"], info["in_chans"])
+        size = int(input_size or info["input_size"])
+        return cls(
+            tuple(float(m) for m in mean),
+            tuple(float(s) for s in std),
+            size,
+            tuple(str(c) for c in info.get("class_names") or ()),
+            str(info.get("name", "")),
+            _geometry(str(info.get("name", "")), size),
+        )
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(pixels / 255 - mean) / std`` of a float batch ``(N, C, H, W)`` of values 0..255."""
+        mean = torch.tensor(self.mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+        return (pixels / 255 - mean) / std
+
+    def input_range(self, included: bool) -> str:
+        if included:
+            return "raw pixel values 0..255 (the model normalizes them itself)"
+        return "normalized pixels: (x / 255 - mean) / std per channel, for pixel values x in 0..255"
+
+    def metadata(self, included: bool, model: str = "") -> dict[str, str]:
+        """The metadata keys of the module doc, for a file that does (``included``) or does not normalize."""
+        from . import __version__
+
+        return {
+            "input_layout": "NCHW",
+            "input_shape": json.dumps(["N", self.in_chans, self.input_size, self.input_size]),
+            "input_dtype": "float32",
+            "input_range": self.input_range(included),
+            "input_geometry": self.geometry,
+            "normalization_included": "true" if included else "false",
+            "mean": json.dumps(list(self.mean)),
+            "std": json.dumps(list(self.std)),
+            "class_names": json.dumps(list(self.class_names)),
+            "dataset": self.dataset,
+            "model": model,
+            "output": f"logits (N, {len(self.class_names) or 'classes'})",
+            "lowrankcnn_version": __version__,
+        }
+
+
+def _geometry(dataset: str, size: int) -> str:
+    """How ``build_data`` brings ``dataset``'s images to ``size`` x ``size`` (as evaluation does it)."""
+    from .data import loaders
+    from .data.imagefolder import default_resize
+
+    spec = getattr(loaders, "TENSOR_SPECS", {}).get(dataset)
+    if spec is not None:
+        pad = (size - spec.input_size) // 2
+        native = f"{spec.input_size}x{spec.input_size} images"
+        return native if pad <= 0 else f"{native} zero-padded (pixel value 0) by {pad} on every side"
+    if dataset == "imagefolder":
+        return f"shorter side resized to {default_resize(size)} (bilinear), then the center {size}x{size} crop"
+    return ""
+
+
+class Normalize(nn.Module):
+    """``(x / 255 - mean) / std`` per channel of a batch ``(N, C, H, W)`` of raw pixel values (one fused
+    multiply-add: ``x * scale + shift``)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        mean_t = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+        self.register_buffer("scale", (1 / (255 * std_t)).float())
+        self.register_buffer("shift", (-mean_t / std_t).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """A checked export: the file, the input it takes, and how closely it reproduces PyTorch."""
+
+    path: Path
+    format: ExportFormat
+    input_shape: tuple[int, int, int]
+    max_abs_diff: float
+    output_scale: float
+    tolerance: float
+    metadata: dict[str, str]
 
 
 @torch.no_grad()
-def export_model(model: nn.Module, example: torch.Tensor, path: str | Path, fmt: str) -> Path:
-    """Write the eval-mode ``model`` traced on ``example`` ``(N, C, H, W)`` to ``path`` as ``fmt``.
-
-    ONNX uses the torch.export-based exporter (opset 18, weights inside the file); TorchScript
-    is a ``torch.jit.trace``. Both keep the batch axis dynamic.
-    """
-    if fmt not in FORMATS:
-        raise ValueError(f"export: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+def serialize(
+    model: nn.Module, example: torch.Tensor, fmt: ExportFormat, metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """The eval-mode ``model`` traced on ``example`` ``(N, C, H, W)`` as the bytes of an ``fmt`` file."""
+    check_export_options(fmt)
     if model.training:
-        raise ValueError("export: the model is in training mode; export a deployed (eval-mode) model")
-    path = Path(path)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+        raise ConfigError("export: the model is in training mode; export a deployed (eval-mode) model")
+    metadata = dict(metadata or {})
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer chatter
-        if fmt == "onnx":
-            _require("onnxscript")
-            log = logging.getLogger("torch.onnx")
-            level = log.level
-            log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping torchvision::nms"
-            try:
-                program = torch.onnx.export(
-                    model,
-                    (example,),
-                    dynamo=True,
-                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                    external_data=False,
-                    verbose=False,
-                )
-            finally:
-                log.setLevel(level)
-            program.save(str(tmp))
-        else:
-            traced = torch.jit.trace(model, example, check_trace=False)
-            torch.jit.save(traced, str(tmp))
-    return path
+        if fmt == "torchscript":
+            buffer = io.BytesIO()  # in memory: a full disk is then an OSError of ours, not a C++ abort
+            torch.jit.save(
+                torch.jit.trace(model, example, check_trace=False), buffer, {EXTRA_FILE: json.dumps(metadata)}
+            )
+            return buffer.getvalue()
+        _require("onnxscript")
+        log = logging.getLogger("torch.onnx")
+        level = log.level
+        log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping torchvision::nms"
+        try:
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                external_data=False,
+                verbose=False,
+            )
+        finally:
+            log.setLevel(level)
+    proto = program.model_proto
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    if proto.ByteSize() >= 2**31:
+        raise ExportError(
+            f"export: the model is {proto.ByteSize() / 2**30:.1f} GiB, over ONNX's 2 GiB single-file limit"
+        )
+    return proto.SerializeToString()
 
 
-def onnx_max_abs_diff(path: str | Path, inputs: torch.Tensor, expected: torch.Tensor) -> float:
-    """Largest absolute difference between onnxruntime's outputs for ``path`` on ``inputs`` and ``expected``."""
+def export_model(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: str | Path,
+    fmt: ExportFormat,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the eval-mode ``model`` traced on ``example`` ``(N, C, H, W)`` to ``path`` as ``fmt``, unchecked
+    (:func:`export_checked` checks the file first). Raises ``OutputError`` if ``path`` cannot be written."""
+    data = serialize(model, example, fmt, metadata)
+    atomic_write_bytes(path, lambda f: f.write(data))
+    return Path(path)
+
+
+def _source(exported: str | Path | bytes) -> str | bytes:
+    return exported if isinstance(exported, bytes) else str(exported)
+
+
+def onnx_max_abs_diff(exported: str | Path | bytes, inputs: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest absolute difference between onnxruntime's outputs for an ONNX file (path or bytes) on
+    ``inputs`` and ``expected``; ``nan`` if any output is not finite."""
     _require("onnxruntime")
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(_source(exported), providers=["CPUExecutionProvider"])
     (expected_input,) = session.get_inputs()
     (output,) = session.run(None, {expected_input.name: inputs.numpy()})
-    return float(np.abs(output - expected.numpy()).max())
+    diff = np.abs(output - expected.numpy())
+    return float(diff.max()) if np.isfinite(diff).all() else math.nan
 
 
-def torchscript_max_abs_diff(path: str | Path, inputs: torch.Tensor, expected: torch.Tensor) -> float:
-    """Largest absolute difference between the saved TorchScript module's outputs on ``inputs`` and ``expected``."""
+def _load_torchscript(
+    exported: str | Path | bytes, extra_files: dict[str, Any] | None = None
+) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates TorchScript; it still works
-        loaded = torch.jit.load(str(path))
+        source = io.BytesIO(exported) if isinstance(exported, bytes) else str(exported)
+        return torch.jit.load(source, _extra_files=extra_files)
+
+
+def torchscript_max_abs_diff(exported: str | Path | bytes, inputs: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest absolute difference between a saved TorchScript module's (path or bytes) outputs on ``inputs``
+    and ``expected``; ``nan`` if any output is not finite."""
     with torch.no_grad():
-        return float((loaded(inputs) - expected).abs().max())
+        diff = (_load_torchscript(exported)(inputs) - expected).abs()
+    return float(diff.max()) if bool(diff.isfinite().all()) else math.nan
+
+
+def read_export_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a file written by :func:`export_checked` (format told by the file's content)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        is_zip = f.read(2) == b"PK"  # TorchScript files are zip archives
+    if is_zip:
+        extra: dict[str, Any] = {EXTRA_FILE: ""}
+        _load_torchscript(path, extra)
+        return json.loads(extra[EXTRA_FILE] or "{}")
+    _require("onnx")
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_export_target(out: str | Path, source: str | Path | None = None) -> Path:
+    """Refuse, before any work, an ``out`` that is a directory or the file being exported (``source``).
+
+    Raises:
+        OutputError: ``out`` is a directory. ConfigError: ``out`` is ``source`` (it would be overwritten).
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise OutputError(f"cannot write {out}: it is a directory; give a file name")
+    if source is not None and _same_file(out, Path(source)):
+        raise ConfigError(
+            f"$out {out} is the checkpoint being exported ({source}); writing it would destroy the checkpoint; "
+            "give another file name",
+            param="out",
+        )
+    return out
+
+
+def check_export_input(model: nn.Module, input_size: int, in_chans: int, batch_size: int = CHECK_BATCH) -> None:
+    """Check, without computing anything, that ``model`` runs on ``(batch_size, in_chans, S, S)`` and fits in memory.
+
+    Raises:
+        ConfigError: ``input_size`` out of range or too large for memory. ShapeError: the model refuses it.
+    """
+    check_input_size(input_size)
+    meta = copy.deepcopy(model).to("meta")
+    shapes = profile(meta, input_size, in_chans=in_chans)
+    needed = memory_estimate(shapes, batch_size) + 4 * shapes.params  # plus the copy being exported
+    check_memory(needed, f"export at {input_size}x{input_size}", ("input_size",))
+
+
+def check_export_options(fmt: str, channels_last: bool = False, rtol: float = 1e-3) -> None:
+    """Raise a ``ConfigError`` for an unknown format, channels-last ONNX, or a tolerance that is not positive."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"export: $fmt must be one of {', '.join(FORMATS)}, got {fmt!r}", param="fmt")
+    if fmt == "onnx" and channels_last:
+        raise ConfigError(
+            "ONNX has no memory format; $channels_last applies to TorchScript only", param="channels_last"
+        )
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not math.isfinite(rtol) or rtol <= 0:
+        raise ConfigError(f"export: $rtol must be a positive number, got {rtol!r}", param="rtol")
+
+
+@torch.no_grad()
+def export_checked(
+    model: nn.Module,
+    out: str | Path,
+    fmt: ExportFormat,
+    preprocessing: Preprocessing,
+    *,
+    include_preprocessing: bool = False,
+    channels_last: bool = False,
+    rtol: float = 1e-3,
+    model_name: str = "",
+) -> ExportReport:
+    """Export the eval-mode (deployed) ``model``, check the file against PyTorch, then write it to ``out``.
+
+    Args:
+        model: takes normalized batches ``(N, C, S, S)`` with ``C = preprocessing.in_chans`` and
+            ``S = preprocessing.input_size``.
+        out: the file to write (only after the check passed).
+        fmt: ``"onnx"`` or ``"torchscript"``.
+        preprocessing: the input normalization, recorded in the file's metadata.
+        include_preprocessing: bake the normalization into the graph; the file then takes raw pixel
+            values 0..255 (float32, NCHW).
+        channels_last: TorchScript only; ``model`` must already be channels-last (``deploy(..., channels_last=True)``).
+        rtol: allowed max |difference| relative to ``max(1, max |output|)``.
+        model_name: recorded in the metadata.
+
+    Raises:
+        ConfigError: a bad argument. ExportError: the file does not reproduce PyTorch (or the model's own
+            outputs are not finite); nothing was written. OutputError: ``out`` cannot be written.
+    """
+    check_export_options(fmt, channels_last, rtol)
+    out = check_export_target(out)
+    shape = (preprocessing.in_chans, preprocessing.input_size, preprocessing.input_size)
+    if include_preprocessing:
+        model = nn.Sequential(Normalize(preprocessing.mean, preprocessing.std), model).eval()
+        example, check = (torch.randint(0, 256, (n, *shape)).float() for n in (2, CHECK_BATCH))
+    else:
+        example, check = torch.randn(2, *shape), torch.randn(CHECK_BATCH, *shape)
+    if channels_last:
+        example, check = (t.contiguous(memory_format=torch.channels_last) for t in (example, check))
+    metadata = preprocessing.metadata(include_preprocessing, model_name)
+    expected = model(check)
+    if not bool(expected.isfinite().all()):
+        raise ExportError(
+            "export: the model's own outputs are not finite (NaN or inf) on random inputs; its weights are "
+            f"probably corrupt (a diverged run?); nothing was written to {out}"
+        )
+    data = serialize(model, example, fmt, metadata)
+    diff = (onnx_max_abs_diff if fmt == "onnx" else torchscript_max_abs_diff)(data, check, expected)
+    scale = float(expected.abs().max())
+    tolerance = rtol * max(1.0, scale)
+    if not math.isfinite(diff) or diff > tolerance:
+        raise ExportError(
+            f"export: the exported {fmt} model disagrees with PyTorch on random inputs (max |difference| {diff:.2e}, "
+            f"allowed {tolerance:.2e}); nothing was written to {out}; do not use this export"
+        )
+    atomic_write_bytes(out, lambda f: f.write(data))
+    return ExportReport(out, fmt, shape, diff, scale, tolerance, metadata)

@@ -10,6 +10,7 @@ from lowrankcnn import create_model, list_models, model_info
 from lowrankcnn.bench import BenchSettings, bench, dense_twin
 from lowrankcnn.cli import main
 from lowrankcnn.deploy import deploy
+from lowrankcnn.errors import ConfigError
 from lowrankcnn.export import export_model, onnx_max_abs_diff, torchscript_max_abs_diff
 from lowrankcnn.training import Trainer
 
@@ -45,9 +46,9 @@ def test_torchscript_export_matches(tmp_path):
 
 def test_export_refuses_training_mode_and_unknown_formats(tmp_path):
     model = create_model("nin_c3_lr", width_mult=0.25)
-    with pytest.raises(ValueError, match="training mode"):
+    with pytest.raises(ConfigError, match="training mode"):
         export_model(model.train(), torch.randn(1, 3, 30, 30), tmp_path / "m.pt", "torchscript")
-    with pytest.raises(ValueError, match="format must be one of onnx, torchscript"):
+    with pytest.raises(ConfigError, match="fmt must be one of onnx, torchscript"):
         export_model(model.eval(), torch.randn(1, 3, 30, 30), tmp_path / "m.tflite", "tflite")
     assert not list(tmp_path.iterdir())
 
@@ -115,7 +116,7 @@ def test_cli_bench_json_auto_deploy(capsys):
     assert d["baseline"] == "kim_dense_cifar10" and d["channels_last"] and d["deploy"] == "auto"
     assert len(d["deploy_choices"]) == 6 and all(c["form"] in ("factorized", "dense") for c in d["deploy_choices"])
     assert main([*args, "--train", "--deploy", "dense"]) == 2
-    assert "use deploy='none' with train" in capsys.readouterr().err
+    assert "use --deploy none with --train" in capsys.readouterr().err
 
 
 def compiles_and_matches(name: str, backend: str) -> None:

@@ -1,44 +1,57 @@
-"""``lowrankcnn export``: a checkpoint deployed and written as ONNX or TorchScript, then checked."""
+"""``lowrankcnn export``: a checkpoint deployed, written as ONNX or TorchScript with its preprocessing, checked."""
 
 from __future__ import annotations
 
 import argparse
 
-import torch
-
 from ..deploy import TARGETS, deploy
-from ..errors import ConfigError, ExportError
-from ..export import FORMATS, export_model, onnx_max_abs_diff, torchscript_max_abs_diff
+from ..export import (
+    FORMATS,
+    Preprocessing,
+    check_export_input,
+    check_export_options,
+    check_export_target,
+    export_checked,
+)
 from ..training import load_trained_model
-from .common import add_command, set_threads, threads_parent
+from ..training.checkpoint import checkpoint_path
+from .common import add_command, positive_int, set_threads, threads_parent
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    out = check_export_target(args.out, checkpoint_path(args.checkpoint))  # before any work
+    check_export_options(args.format, args.channels_last)
     set_threads(args.threads)
     model, config, state = load_trained_model(args.checkpoint)
-    info = state["data_info"]
-    size = args.input_size or info["input_size"]
-    if args.format == "onnx" and args.channels_last:
-        raise ConfigError("ONNX has no memory format; $channels_last applies to TorchScript only")
-    deployed = deploy(
-        model, args.deploy, channels_last=args.channels_last, input_shape=(1, info["in_chans"], size, size)
+    prep = Preprocessing.from_data_info(state["data_info"], args.input_size)
+    check_export_input(model, prep.input_size, prep.in_chans)
+    shape = (1, prep.in_chans, prep.input_size, prep.input_size)
+    deployed = deploy(model, args.deploy, channels_last=args.channels_last, input_shape=shape)
+    report = export_checked(
+        deployed,
+        out,
+        args.format,
+        prep,
+        include_preprocessing=args.include_preprocessing,
+        channels_last=args.channels_last,
+        model_name=config.model,
     )
-    example = torch.randn(2, info["in_chans"], size, size)
-    if args.channels_last:
-        example = example.contiguous(memory_format=torch.channels_last)
-    path = export_model(deployed, example, args.out, args.format)
-    check = torch.randn(3, info["in_chans"], size, size)  # another batch size: the batch axis is dynamic
-    with torch.no_grad():
-        expected = deployed(check)
-    diff = (onnx_max_abs_diff if args.format == "onnx" else torchscript_max_abs_diff)(path, check, expected)
-    scale = float(expected.abs().max())
+    c, s, _ = report.input_shape
     print(
-        f"{config.model} (epoch {state['epoch']}, deploy {args.deploy}) exported to {path} as {args.format}: "
-        f"input (N, {info['in_chans']}, {size}, {size}); max |difference| vs PyTorch on random inputs {diff:.2e} "
-        f"(outputs up to {scale:.2f})"
+        f"{config.model} (epoch {state['epoch']}, deploy {args.deploy}) exported to {report.path} as {args.format}: "
+        f"input (N, {c}, {s}, {s}) float32; max |difference| vs PyTorch on random inputs {report.max_abs_diff:.2e} "
+        f"(outputs up to {report.output_scale:.2f})"
     )
-    if diff > 1e-3 * max(1.0, scale):
-        raise ExportError(f"the exported model disagrees with PyTorch (max |difference| {diff:.2e}); do not use {path}")
+    mean, std = (", ".join(f"{v:.4f}" for v in values) for values in (prep.mean, prep.std))
+    print(f"input: {prep.input_range(args.include_preprocessing)}; mean ({mean}), std ({std})")
+    if prep.geometry:
+        print(f"  images as in training: {prep.geometry}")
+    if not args.include_preprocessing:
+        print("  (--include-preprocessing bakes this into the file, so it takes raw pixels 0..255)")
+    print(
+        f"outputs: logits of {len(prep.class_names)} classes ({', '.join(prep.class_names[:10])}"
+        f"{', ...' if len(prep.class_names) > 10 else ''}); all of this is in the file's metadata"
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,12 +59,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub,
         "export",
         cmd_export,
-        "deploy a checkpoint and export it to ONNX or TorchScript (checked)",
+        "deploy a checkpoint and export it to ONNX or TorchScript (checked before it is written)",
         [threads_parent()],
     )
     p.add_argument("--checkpoint", required=True, help="a .pt file (or run directory: its last.pt)")
     p.add_argument("--format", choices=FORMATS, required=True)
-    p.add_argument("--out", required=True, help="file to write (written atomically)")
+    p.add_argument("--out", required=True, help="file to write (only if the check passes; written atomically)")
     p.add_argument("--deploy", choices=TARGETS, default="factorized", help="layer form (default factorized)")
-    p.add_argument("--input-size", type=int, help="square input size (default: the training size)")
+    p.add_argument("--input-size", type=positive_int, help="square input size (default: the training size)")
     p.add_argument("--channels-last", action="store_true", help="TorchScript only: channels-last weights")
+    p.add_argument(
+        "--include-preprocessing",
+        action="store_true",
+        help="bake the training normalization into the file: it then takes raw pixel values 0..255 (float32, NCHW)",
+    )
