@@ -13,6 +13,9 @@ one :class:`DistributedError` naming it, instead of waiting forever.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -84,30 +87,52 @@ def _behind(info: DistInfo, where: str) -> list[int]:
     return late
 
 
-def all_reduce_sum(values: list[float], info: DistInfo, where: str = "") -> list[float]:
-    """Sum ``values`` over all ranks (identity for a single process).
+_COMM_FAILURE = re.compile(r"timed out|timeout|connection (closed|reset)|broken pipe|gloo|nccl", re.IGNORECASE)
+"""What a collective's RuntimeError says when a peer is gone or silent (gloo and NCCL messages)."""
 
-    ``where`` labels this call (e.g. ``"epoch 2 step 17"``) so a timeout can name the ranks that never got there.
 
-    Raises:
-        DistributedError: a rank did not take part within the process group's timeout, or the group failed.
+@contextmanager
+def collective(info: DistInfo, where: str | None = None) -> Iterator[None]:
+    """Record that this rank reached ``where``, then run the block (which may hold collectives: an all-reduce,
+    DDP's forward broadcast and backward gradient reduction). A collective that fails there because a peer
+    did not take part within the timeout becomes one :class:`DistributedError` naming the ranks that never
+    reached ``where`` (``None``: inside an enclosing ``collective``, whose mark stands). A no-op for a single
+    process.
     """
     if not info.enabled:
-        return values
+        yield
+        return
     store = _store()
-    if store is not None and where:
+    if store is not None and where is not None:
         store.set(_PROGRESS_KEY.format(info.rank), where)
-    tensor = torch.tensor(values, dtype=torch.float64)
     try:
-        dist.all_reduce(tensor)
+        yield
+    except DistributedError:
+        raise
     except RuntimeError as err:
+        if not _COMM_FAILURE.search(str(err)):
+            raise
         late = [r for r in _behind(info, where) if r != info.rank] if where else []
         who = f"rank {', '.join(map(str, late))}" if late else "another rank"
         raise DistributedError(
             f"{who} did not respond within {info.timeout_s:g} s at {where or 'a collective'} (stopped, hung or "
-            f"crashed); rank {info.rank} aborts the job. The last checkpoint is intact: resume once every rank "
-            f"can run, or raise $dist_timeout"
+            "crashed); "
+            f"rank {info.rank} aborts the job. The last checkpoint is intact: resume once every rank can run, "
+            "or raise $dist_timeout"
         ) from err
+
+
+def all_reduce_sum(values: list[float], info: DistInfo, where: str | None = None) -> list[float]:
+    """Sum ``values`` over all ranks (identity for a single process); ``where`` labels it (see :func:`collective`).
+
+    Raises:
+        DistributedError: a rank did not take part within the process group's timeout (see :func:`collective`).
+    """
+    if not info.enabled:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    with collective(info, where):
+        dist.all_reduce(tensor)
     return tensor.tolist()
 
 

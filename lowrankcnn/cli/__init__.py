@@ -51,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..errors import LowRankCNNError, TrainingDiverged
 
         argv = list(sys.argv[1:] if argv is None else argv)
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # --help, or a usage error already printed as one line
+            return done.code if isinstance(done.code, int) else 2
         args.argv = argv
         try:
             args.func(args)

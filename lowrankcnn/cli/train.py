@@ -185,7 +185,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, help="plateau epochs before an inverse-schedule drop")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--dropout", type=float, help="override the model's dropout")
-    p.add_argument("--bn", action="store_true", default=None, help="batch norm after every conv (VGG, NiN, Kim)")
+    p.add_argument(
+        "--bn",
+        action=argparse.BooleanOptionalAction,
+        help="batch norm after every conv (VGG, NiN, Kim CIFAR; default: the model's recipe)",
+    )
     p.add_argument(
         "--rank1-scheme",
         choices=("factors", "projected"),
@@ -203,7 +207,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="more model keywords, e.g. shared_spatial=false (true/false/yes/no, numbers, strings; checked "
         "against the model)",
     )
-    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--seed", type=int)
     p.add_argument("--train-subset", type=int, help="use the first N training images")

@@ -51,6 +51,8 @@ class ModelInfo:
         kwargs: the keyword arguments users may pass to ``create_model`` and their annotations.
         recipe: training settings (``TrainConfig`` fields, ``model_kwargs`` included) that make this model
             learn; used where a run does not set them.
+        init_mode: the composite-init rule ``create_model`` uses by default (``"fan_in"`` where fan-out
+            init makes the activations grow through the network, as in GoogLeNet).
     """
 
     name: str
@@ -63,6 +65,7 @@ class ModelInfo:
     min_input_size: int = 1
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     recipe: Mapping[str, Any] = field(default_factory=dict)
+    init_mode: InitMode = "fan_out"
 
 
 _builders: dict[str, Callable[..., nn.Module]] = {}
@@ -97,11 +100,13 @@ def register_model(
     kwargs_of: type | None = None,
     user_kwargs: tuple[str, ...] = (),
     recipe: Mapping[str, Any] | None = None,
+    init_mode: InitMode = "fan_out",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a builder ``fn(num_classes, in_chans, width_mult, **kwargs)`` under its name.
 
     ``kwargs_of`` and ``user_kwargs`` declare the keywords ``**kwargs`` forwards (see the module doc);
-    ``recipe`` gives training settings that make the model learn (see :class:`ModelInfo`).
+    ``recipe`` gives training settings that make the model learn and ``init_mode`` its default init rule
+    (see :class:`ModelInfo`).
     """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -119,6 +124,7 @@ def register_model(
             min_input_size,
             _user_kwargs(fn, kwargs_of, user_kwargs),
             dict(recipe or {}),
+            init_mode,
         )
         return fn
 
@@ -190,7 +196,7 @@ def create_model(
     num_classes: int | None = None,
     in_chans: int | None = None,
     width_mult: float = 1.0,
-    init_mode: InitMode = "fan_out",
+    init_mode: InitMode | None = None,
     **kwargs: object,
 ) -> nn.Module:
     """Build a registered model with freshly initialized weights.
@@ -203,7 +209,8 @@ def create_model(
             (3, or 1 for the MNIST nets).
         width_mult: scales every channel width and hidden FC width, keeping each
             layer's basis proportions (CPU-sized twins use e.g. 0.25); at most ``MAX_WIDTH_MULT``.
-        init_mode: ``"fan_out"`` (the paper's composite init) or ``"fan_in"``.
+        init_mode: ``"fan_out"`` (the paper's composite init) or ``"fan_in"``; ``None``: the model's own
+            default (``model_info(name).init_mode``).
         **kwargs: the model's own keywords (``model_info(name).kwargs``, e.g. ``dropout``), checked by
             :func:`validate_model_kwargs`.
 
@@ -229,7 +236,7 @@ def create_model(
             )
     model = build()
     model.model_name = name
-    return init_composite_(model, mode=init_mode)  # type: ignore[arg-type]
+    return init_composite_(model, mode=init_mode or info.init_mode)  # type: ignore[arg-type]
 
 
 def scale_width(channels: float, width_mult: float) -> int:

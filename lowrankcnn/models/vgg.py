@@ -147,7 +147,12 @@ class VGG(nn.Module):
 
 
 _VGG_NOTE = "Published ILSVRC figures (Ioannou et al. 2016); MACs in the paper convention (+1 per bias)."
-_VGG = {"kwargs_of": VGG, "user_kwargs": ("dropout", "bn", "fc_width")}
+_VGG = {
+    "kwargs_of": VGG,
+    "user_kwargs": ("dropout", "bn", "fc_width"),
+    # the paper's plain VGG (no batch norm, dropout 0.5) needs many epochs to leave chance on small runs
+    "recipe": {"model_kwargs": {"bn": True, "dropout": 0.0}},
+}
 
 
 def _published(macs: int, params: int, top1: float, top5: float) -> dict[str, float]:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..data import DataBundle, build_data
 from ..data.loaders import TENSOR_SPECS
-from ..distributed import DistInfo, all_reduce_sum, default_threads, setup, teardown
+from ..distributed import DistInfo, all_reduce_sum, collective, default_threads, setup, teardown
 from ..errors import ConfigError, RunDirectoryError, TrainingDiverged
 from ..evaluate import evaluate, main_logits
 from ..layers import Rank1Conv2d
@@ -83,9 +83,19 @@ def input_size_for(config: TrainConfig) -> int | None:
     return None if native >= needed else needed + (needed - native) % 2
 
 
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """``run_dir/last.pt``, which resuming starts from; a :class:`RunDirectoryError` if there is none."""
+    path = Path(run_dir) / "last.pt"
+    if not path.is_file():
+        raise RunDirectoryError(
+            f"{run_dir} has no last.pt to resume (no epoch of a run finished there); start the run without $resume"
+        )
+    return path
+
+
 def saved_config(run_dir: str | Path) -> TrainConfig:
     """The configuration of the run in ``run_dir`` (from its ``last.pt``)."""
-    return TrainConfig.from_dict(load_checkpoint(Path(run_dir) / "last.pt")["config"], source=str(run_dir))
+    return TrainConfig.from_dict(load_checkpoint(last_checkpoint(run_dir))["config"], source=str(run_dir))
 
 
 class Trainer:
@@ -125,12 +135,7 @@ class Trainer:
         try:
             checkpoint = None
             if resume:
-                if not (self.run.path / "last.pt").is_file():
-                    raise RunDirectoryError(
-                        f"{self.run.path} has no last.pt to resume (no epoch of a run finished there); "
-                        "start the run without $resume"
-                    )
-                checkpoint = load_checkpoint(self.run.path / "last.pt", for_resume=True)
+                checkpoint = load_checkpoint(last_checkpoint(self.run.path), for_resume=True)
                 config = self._resumed_config(config, TrainConfig.from_dict(checkpoint["config"]), checkpoint)
             elif is_main:
                 self.run.claim(overwrite)
@@ -323,12 +328,13 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if c.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            output = model(x)
-            loss = self.loss(output, y)
-            (step_loss,) = all_reduce_sum([loss.item()], self.dist, where=f"epoch {self.epoch + 1} step {step + 1}")
-            self._check_step_loss(step_loss / self.dist.world_size, step)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with collective(self.dist, f"epoch {self.epoch + 1} step {step + 1}"):
+                output = model(x)
+                loss = self.loss(output, y)
+                (step_loss,) = all_reduce_sum([loss.item()], self.dist)
+                self._check_step_loss(step_loss / self.dist.world_size, step)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             self.optimizer.step()
             self.schedule.step()
             if c.project_unit == "step" and self.schedule.step_count % c.project_every == 0:
@@ -364,9 +370,9 @@ class Trainer:
         result = evaluate(
             self.model, self.data.test, self.data.num_classes, self.device, c.channels_last, dist_info=self.dist
         )
+        self._check_finite_model()
         if not math.isfinite(result.loss):
             raise self._diverged(f"the test loss became {result.loss}")
-        self._check_finite_model()
         row.update(test_loss=result.loss, test_acc=result.top1, test_top5=result.top5)
         row["epoch_time_s"] = time.perf_counter() - start
         return row
