@@ -21,7 +21,7 @@ def _build_meta(name: str, args: argparse.Namespace) -> torch.nn.Module:
 
 
 def _profile_model(name: str, args: argparse.Namespace, convention: str, training: bool | None = None) -> ProfileResult:
-    size = args.input_size or model_info(name).input_size
+    size = model_info(name).input_size if args.input_size is None else args.input_size
     training = args.training if training is None else training
     return profile(_build_meta(name, args), size, convention=convention, training=training, rank1_form=args.rank1_form)
 
@@ -43,7 +43,7 @@ def cmd_models(args: argparse.Namespace) -> None:
         info = model_info(name)
         result = _profile_model(name, args, "standard")
         published = info.published.get("macs")
-        native = (args.input_size or info.input_size) == info.input_size and args.width_mult == 1.0
+        native = args.input_size in (None, info.input_size) and args.width_mult == 1.0
         if published is not None and native and args.num_classes in (None, info.num_classes):
             comparable = _profile_model(name, args, "paper", training=info.published_in_training).macs
         else:
