@@ -31,6 +31,8 @@ from .training.trainer import classification_loss
 
 BenchDeploy = Literal["none", "factorized", "dense", "auto"]
 DEPLOY_CHOICES: tuple[BenchDeploy, ...] = get_args(BenchDeploy)
+MAX_REPEATS = 10_000
+"""Most timed (and warm-up) rounds a benchmark takes; more is a typo that would run for days."""
 
 
 def dense_twin(name: str) -> str | None:
@@ -80,8 +82,12 @@ class BenchSettings:
                 "bench: a training step times the model as trained; use $deploy=none with $train", param="deploy"
             )
         check_int("batch_size", self.batch_size, 1)
-        check_int("repeats", self.repeats, 1)
-        check_int("warmup", self.warmup, 0)
+        for name, low in (("repeats", 1), ("warmup", 0)):
+            check_int(name, getattr(self, name), low)
+            if getattr(self, name) > MAX_REPEATS:
+                raise ConfigError(
+                    f"bench: ${name} must be at most {MAX_REPEATS}, got {getattr(self, name)}", param=name
+                )
         if self.input_size is not None:
             check_input_size(self.input_size)
         if not isinstance(self.width_mult, (int, float)) or not math.isfinite(self.width_mult) or self.width_mult <= 0:

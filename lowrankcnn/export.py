@@ -50,6 +50,8 @@ ExportFormat = Literal["onnx", "torchscript"]
 FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 EXTRA_FILE = "lowrankcnn.json"
 """Name of the TorchScript ``_extra_files`` entry holding the metadata."""
+RUN_CHECKPOINTS = ("last.pt", "best.pt")
+"""Checkpoint names in a run directory (one with ``metrics.jsonl``): never an export target."""
 CHECK_BATCH = 3
 """Batch size of the check (the export traces batch 2, so the dynamic batch axis is checked too)."""
 
@@ -297,18 +299,42 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def check_export_target(out: str | Path, source: str | Path | None = None) -> Path:
-    """Refuse, before any work, an ``out`` that is a directory or the file being exported (``source``).
+def check_output_file(out: str | Path) -> Path:
+    """Refuse an output path that is a directory, lies under a file, or is an existing non-regular file (a
+    device such as ``/dev/null``, a pipe, a socket: the atomic rename would replace it by a regular file).
 
     Raises:
-        OutputError: ``out`` is a directory. ConfigError: ``out`` is ``source`` (it would be overwritten).
+        OutputError: naming ``out`` and what it is.
     """
     out = Path(out)
     if out.is_dir():
         raise OutputError(f"cannot write {out}: it is a directory; give a file name")
+    if out.exists() and not out.is_file():
+        raise OutputError(f"cannot write {out}: it is a device, pipe or socket, not a regular file; give a file name")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputError(f"cannot write {out}: {parent} is a file, not a folder")
+    return out
+
+
+def check_export_target(out: str | Path, source: str | Path | None = None) -> Path:
+    """Refuse, before any work, an ``out`` that is a directory, the file being exported (``source``), or any
+    checkpoint of a run directory (its ``last.pt`` or ``best.pt``).
+
+    Raises:
+        OutputError: ``out`` is a directory or not a regular file. ConfigError: ``out`` is ``source`` (it would
+            be overwritten).
+    """
+    out = check_output_file(out)
     if source is not None and _same_file(out, Path(source)):
         raise ConfigError(
             f"$out {out} is the checkpoint being exported ({source}); writing it would destroy the checkpoint; "
+            "give another file name",
+            param="out",
+        )
+    if out.name in RUN_CHECKPOINTS and (out.parent / "metrics.jsonl").is_file():
+        raise ConfigError(
+            f"$out {out} is a checkpoint of the run directory {out.parent}; writing it would destroy it; "
             "give another file name",
             param="out",
         )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import ConfigError, OutputError, RunDirectoryError
+from .errors import ConfigError, RunDirectoryError
 from .training.metrics import read_metrics
 from .utils import atomic_write_bytes
 
@@ -42,13 +42,13 @@ def figure_format(out: str | Path, param: str = "out") -> str:
     """The image format of ``out`` from its suffix (``png`` without one), checked before any drawing.
 
     Raises:
-        ConfigError: a suffix matplotlib cannot write; OutputError: ``out`` is a directory.
+        ConfigError: a suffix matplotlib cannot write; OutputError: ``out`` is a directory or not a regular file.
     """
     from matplotlib.figure import Figure
 
-    out = Path(out)
-    if out.is_dir():
-        raise OutputError(f"cannot write {out}: it is a directory; give a file name")
+    from .export import check_output_file
+
+    out = check_output_file(out)
     fmt = out.suffix.lstrip(".").lower() or "png"
     supported = Figure().canvas.get_supported_filetypes()
     if fmt not in supported:

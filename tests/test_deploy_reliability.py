@@ -141,6 +141,8 @@ def test_profile_errors_are_the_librarys():
         BenchSettings(batch_size=0),
         BenchSettings(repeats=-1),
         BenchSettings(warmup=-1),
+        BenchSettings(repeats=10**11),  # would run for days
+        BenchSettings(warmup=10**11),
         BenchSettings(input_size=0),
         BenchSettings(input_size=100_000),
         BenchSettings(width_mult=float("nan")),

@@ -3,6 +3,7 @@ must be training's, a 1000-class confusion matrix is quick and small, plot names
 hostile flag value is one line (never a traceback)."""
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -136,6 +137,10 @@ def test_eval_confusion_prints_the_most_confused_and_checks_the_format_first(run
     assert_one_line(status, err, "--confusion", ".xyz")
     status, _, err = run([*base, "--confusion", str(tmp_path)], capsys)
     assert_one_line(status, err, "it is a directory")
+    os.mkfifo(tmp_path / "pipe")  # like /dev/null: must not be replaced by a regular file
+    status, _, err = run([*base, "--confusion", str(tmp_path / "pipe")], capsys)
+    assert_one_line(status, err, "not a regular file")
+    assert (tmp_path / "pipe").is_fifo()
     assert time.perf_counter() - start < 5  # refused before loading and evaluating
 
 

@@ -80,6 +80,10 @@ def test_out_pointing_at_the_checkpoint_is_refused(run_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--out" in err and "is the checkpoint being exported" in err
     assert (run_dir / "last.pt").read_bytes() == before
+    best = (run_dir / "best.pt").read_bytes()  # another checkpoint of the run is not a target either
+    assert main(["export", "--checkpoint", str(run_dir), "--format", "onnx", "--out", str(run_dir / "best.pt")]) == 2
+    assert "is a checkpoint of the run directory" in capsys.readouterr().err
+    assert (run_dir / "best.pt").read_bytes() == best
 
 
 def test_out_that_is_a_directory_is_one_line(run_dir, tmp_path, capsys):
@@ -216,3 +220,13 @@ def test_hostile_checkpoints_are_one_line(tmp_path):
     for checkpoint in (tmp_path / "missing.pt", tmp_path / "junk.pt", tmp_path):
         result = cli("export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "m"))
         assert_one_line_error(result)
+
+
+def test_out_that_is_not_a_regular_file_is_refused(run_dir, tmp_path, capsys):
+    # e.g. `--out /dev/null` as root: the atomic rename would replace the device by a regular file.
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert main(["export", "--checkpoint", str(run_dir), "--format", "onnx", "--out", str(fifo)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a regular file" in err
+    assert fifo.is_fifo()
