@@ -24,7 +24,7 @@ from .data.checks import check_input_size, check_int
 from .deploy import deploy, deploy_report
 from .errors import ConfigError
 from .models import create_model, model_info
-from .profile import check_memory, memory_estimate, profile
+from .profile import check_fits_memory, profile
 from .tables import format_table
 from .timing import Timing, inference_fn, interleaved
 from .training.trainer import classification_loss
@@ -119,12 +119,9 @@ def prepare(name: str, s: BenchSettings) -> Candidate:
     """
     size = s.input_size or model_info(name).input_size
     with torch.device("meta"):
-        shapes = profile(_build(name, s), size, training=False)
-    check_memory(
-        memory_estimate(shapes, s.batch_size, training=s.train),
-        f"bench: {name} at width {s.width_mult:g} on batches of {s.batch_size} images of {size}x{size}",
-        ("batch_size", "input_size", "width_mult"),
-    )
+        meta = _build(name, s)
+    what = f"bench: {name} at width {s.width_mult:g} on batches of {s.batch_size} images of {size}x{size}"
+    check_fits_memory(meta, size, s.batch_size, what, ("batch_size", "input_size", "width_mult"), training=s.train)
     model = _build(name, s)
     x = torch.randn(s.batch_size, model.in_chans, size, size)
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format

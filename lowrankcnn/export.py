@@ -13,19 +13,12 @@
 4. write the bytes atomically: a full disk, a read-only folder or a directory in the way is an
    :class:`~lowrankcnn.errors.OutputError`, and neither a partial nor a temporary file is left.
 
-Metadata: string keys and values, the same in both formats (ONNX ``metadata_props``; TorchScript the
-``_extra_files`` entry ``lowrankcnn.json``, a JSON object), read back by :func:`read_export_metadata`.
-``input_layout`` (``NCHW``), ``input_shape`` (JSON ``["N", C, H, W]``), ``input_dtype`` (``float32``),
-``input_range`` (what the input values are), ``input_geometry`` (how the training images were padded or
-resized to the input size), ``normalization_included`` (``true``: the graph normalizes
-raw pixels itself), ``mean`` and ``std`` (JSON lists, per channel: normalized = ``(x / 255 - mean) /
-std`` for pixels ``x`` in 0..255), ``class_names`` (JSON list, index = output logit), ``dataset``,
-``model``, ``output`` and ``lowrankcnn_version``.
+Metadata (:meth:`Preprocessing.metadata`, read back by :func:`read_export_metadata`) is string keys and
+values, in ONNX ``metadata_props`` or the TorchScript ``_extra_files`` entry ``lowrankcnn.json``.
 """
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import logging
@@ -41,9 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.checks import check_input_size
 from .errors import ConfigError, ExportError, MissingDependencyError, OutputError
-from .profile import check_memory, memory_estimate, profile
+from .profile import check_fits_memory
 from .utils import atomic_write_bytes
 
 ExportFormat = Literal["onnx", "torchscript"]
@@ -124,7 +116,14 @@ class Preprocessing:
         return "normalized pixels: (x / 255 - mean) / std per channel, for pixel values x in 0..255"
 
     def metadata(self, included: bool, model: str = "") -> dict[str, str]:
-        """The metadata keys of the module doc, for a file that does (``included``) or does not normalize."""
+        """What an exported file records, for a file that does (``included``) or does not normalize its input.
+
+        ``input_layout`` (``NCHW``), ``input_shape`` (JSON ``["N", C, H, W]``), ``input_dtype`` (``float32``),
+        ``input_range``, ``input_geometry`` (how training images were padded or resized to the input size),
+        ``normalization_included`` (``true``/``false``), ``mean`` and ``std`` (JSON lists: normalized =
+        ``(x / 255 - mean) / std`` for pixels ``x`` in 0..255), ``class_names`` (JSON list, index = logit),
+        ``dataset``, ``model``, ``output``, ``lowrankcnn_version``.
+        """
         from . import __version__
 
         return {
@@ -244,17 +243,15 @@ def export_model(
     return Path(path)
 
 
-def _source(exported: str | Path | bytes) -> str | bytes:
-    return exported if isinstance(exported, bytes) else str(exported)
-
-
 def onnx_max_abs_diff(exported: str | Path | bytes, inputs: torch.Tensor, expected: torch.Tensor) -> float:
     """Largest absolute difference between onnxruntime's outputs for an ONNX file (path or bytes) on
     ``inputs`` and ``expected``; ``nan`` if any output is not finite."""
     _require("onnxruntime")
     import onnxruntime as ort
 
-    session = ort.InferenceSession(_source(exported), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        exported if isinstance(exported, bytes) else str(exported), providers=["CPUExecutionProvider"]
+    )
     (expected_input,) = session.get_inputs()
     (output,) = session.run(None, {expected_input.name: inputs.numpy()})
     diff = np.abs(output - expected.numpy())
@@ -341,19 +338,6 @@ def check_export_target(out: str | Path, source: str | Path | None = None) -> Pa
     return out
 
 
-def check_export_input(model: nn.Module, input_size: int, in_chans: int, batch_size: int = CHECK_BATCH) -> None:
-    """Check, without computing anything, that ``model`` runs on ``(batch_size, in_chans, S, S)`` and fits in memory.
-
-    Raises:
-        ConfigError: ``input_size`` out of range or too large for memory. ShapeError: the model refuses it.
-    """
-    check_input_size(input_size)
-    meta = copy.deepcopy(model).to("meta")
-    shapes = profile(meta, input_size, in_chans=in_chans)
-    needed = memory_estimate(shapes, batch_size) + 4 * shapes.params  # plus the copy being exported
-    check_memory(needed, f"export at {input_size}x{input_size}", ("input_size",))
-
-
 def check_export_options(fmt: str, channels_last: bool = False, rtol: float = 1e-3) -> None:
     """Raise a ``ConfigError`` for an unknown format, channels-last ONNX, or a tolerance that is not positive."""
     if fmt not in FORMATS:
@@ -406,6 +390,7 @@ def export_checked(
         example, check = torch.randn(2, *shape), torch.randn(CHECK_BATCH, *shape)
     if channels_last:
         example, check = (t.contiguous(memory_format=torch.channels_last) for t in (example, check))
+    check_fits_memory(model, shape[-1], CHECK_BATCH, f"export at {shape[-1]}x{shape[-1]}", ("input_size",))
     metadata = preprocessing.metadata(include_preprocessing, model_name)
     expected = model(check)
     if not bool(expected.isfinite().all()):

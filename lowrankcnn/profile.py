@@ -21,6 +21,7 @@ or ``"assembled"`` (as trained: one dense conv, ``C_in * k_h * k_w``).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Sequence
@@ -182,7 +183,7 @@ def _input_shape(model: nn.Module, input_size: int | Sequence[int], in_chans: in
         )
     if max(size[-2:]) > MAX_INPUT_SIZE:
         raise ConfigError(
-            f"profile: $input_size {input_size!r} is larger than the {MAX_INPUT_SIZE} pixels this library accepts",
+            f"$input_size {input_size!r} is larger than the {MAX_INPUT_SIZE} pixels this library accepts",
             param="input_size",
         )
     if in_chans is not None and (type(in_chans) is not int or in_chans < 1):
@@ -309,12 +310,33 @@ def memory_budget() -> int:
         return 8 * 2**30
 
 
-def check_memory(needed: int, what: str, params: Sequence[str]) -> None:
-    """Raise a ``ConfigError`` naming ``params`` (Python argument names) if ``needed`` bytes exceed the budget."""
-    budget = memory_budget()
+def check_fits_memory(
+    model: nn.Module,
+    input_size: int,
+    batch_size: int,
+    what: str,
+    params: Sequence[str],
+    *,
+    in_chans: int | None = None,
+    training: bool = False,
+) -> ProfileResult:
+    """Refuse, before anything is allocated, a batch that would not fit in memory with ``model``.
+
+    ``model`` is profiled on the meta device (a meta copy if it has real weights), so nothing is computed;
+    its shape errors surface here too. Returns the profile.
+
+    Raises:
+        ConfigError: :func:`memory_estimate` exceeds :func:`memory_budget`; the message starts with ``what`` and
+            names ``params`` (Python argument names) as what to lower. ShapeError: the model refuses the input.
+    """
+    param = next(model.parameters(), None)
+    meta = model if param is None or param.is_meta else copy.deepcopy(model).to("meta")
+    shapes = profile(meta, input_size, in_chans=in_chans)
+    needed, budget = memory_estimate(shapes, batch_size, training), memory_budget()
     if needed > budget:
         raise ConfigError(
             f"{what} would need about {needed / 2**30:.1f} GiB of memory, more than the {budget / 2**30:.1f} GiB "
             f"this machine can give it; use a smaller {' or '.join(f'${p}' for p in params)}",
             param=params[0],
         )
+    return shapes

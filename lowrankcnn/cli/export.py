@@ -6,13 +6,14 @@ import argparse
 
 from ..deploy import TARGETS, deploy
 from ..export import (
+    CHECK_BATCH,
     FORMATS,
     Preprocessing,
-    check_export_input,
     check_export_options,
     check_export_target,
     export_checked,
 )
+from ..profile import check_fits_memory
 from ..training import load_trained_model
 from ..training.checkpoint import checkpoint_path
 from .common import add_command, positive_int, set_threads, threads_parent
@@ -24,7 +25,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     model, config, state = load_trained_model(args.checkpoint)
     prep = Preprocessing.from_data_info(state["data_info"], args.input_size)
-    check_export_input(model, prep.input_size, prep.in_chans)
+    size = prep.input_size
+    check_fits_memory(model, size, CHECK_BATCH, f"export at {size}x{size}", ("input_size",), in_chans=prep.in_chans)
     shape = (1, prep.in_chans, prep.input_size, prep.input_size)
     deployed = deploy(model, args.deploy, channels_last=args.channels_last, input_shape=shape)
     report = export_checked(
