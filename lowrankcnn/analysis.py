@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError, ShapeError
 from .layers import Rank1Conv2d
 from .layers.fuse import FUSABLE, dense_filters
 from .profile import outermost_units
@@ -66,7 +67,14 @@ def output_rank(model: nn.Module, images: torch.Tensor, rtol: float = 1e-6) -> l
     ``images`` ``(N, C, H, W)`` are run through the model in eval mode; each layer's input is
     captured and the layer re-run in float64 without its bias, so ranks are not blurred by
     float32 noise (``rtol`` is relative to the largest singular value).
+
+    Raises:
+        ConfigError: ``rtol`` outside (0, 1). ShapeError: ``images`` is not a non-empty ``(N, C, H, W)`` batch.
     """
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
+        raise ConfigError(f"output_rank: $rtol must be a number in (0, 1), got {rtol!r}", param="rtol")
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ShapeError(f"output_rank: $images must be a non-empty batch (N, C, H, W), got {tuple(images.shape)}")
     was_training = model.training
     model.eval()
     units = {m: n for m, n in outermost_units(model).items() if isinstance(m, FUSABLE) and _is_dense_conv_like(m)}

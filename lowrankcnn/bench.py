@@ -254,7 +254,8 @@ class BenchResult:
             )
         for c in self.deploy_choices:
             timed = ", ".join(f"{form} {ms:.3f} ms" for form, ms in c["ms"].items())
-            lines.append(f"  {c['name']}: {c['form']}" + (f" ({timed})" if timed else ""))
+            note = f" ({c['note']})" if c.get("note") else ""
+            lines.append(f"  {c['name']}: {c['form']}" + (f" ({timed})" if timed else "") + note)
         return "\n".join(lines)
 
 

@@ -157,3 +157,13 @@ def test_bench_settings_are_library_errors(settings):
 def test_timing_repeats_are_checked():
     with pytest.raises(ConfigError, match="repeats"):
         interleaved({"a": lambda: None}, repeats=0)
+
+
+def test_output_rank_arguments_are_checked():
+    from lowrankcnn.analysis import output_rank
+
+    model = create_model("kim_rank1_cifar10", width_mult=0.25).eval()
+    with pytest.raises(ConfigError, match="rtol"):
+        output_rank(model, torch.randn(2, 3, 32, 32), rtol=0)
+    with pytest.raises(ShapeError, match="images"):
+        output_rank(model, torch.randn(0, 3, 32, 32))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import get_args
 
 import torch
 
 from ..errors import ConfigError
 from ..models import create_model, list_models, model_info
-from ..profile import ProfileResult, profile
+from ..profile import Convention, ProfileResult, Rank1Form, profile
 from ..tables import format_table
 from .common import add_command, json_parent
 
@@ -93,7 +94,7 @@ def _model_shape_parent() -> argparse.ArgumentParser:
     p.add_argument("--training", action="store_true", help="count training-only parts (GoogLeNet's auxiliary heads)")
     p.add_argument(
         "--rank1-form",
-        choices=("decomposed", "assembled"),
+        choices=get_args(Rank1Form),
         default="decomposed",
         help="count rank-1 layers as deployed (1-D chain, default) or as trained (assembled 3-D)",
     )
@@ -106,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="registry name, e.g. vgg11_gmp_lr")
     p.add_argument(
         "--convention",
-        choices=("standard", "paper"),
+        choices=get_args(Convention),
         default="standard",
         help="'paper' adds one MAC per bias, as the published tables do",
     )
