@@ -155,10 +155,10 @@ def test_models_use_composite_init_by_default():
     [
         (lambda: create_model("vgg11_gpm"), "unknown model 'vgg11_gpm'. Did you mean vgg11_gmp"),
         (lambda: create_model("nin", num_classes=0), "num_classes must be a positive integer"),
-        (lambda: create_model("nin", width_mult=-1), "width_mult must be > 0"),
+        (lambda: create_model("nin", width_mult=-1), r"width_mult must be a number in \(0, 64\]"),
         (lambda: create_model("nin")(torch.randn(1, 1, 30, 30)), r"nin: expected a batch .*\(N, 3, H, W\)"),
         (lambda: create_model("nin")(torch.randn(1, 3, 3, 3)), "too small; this architecture needs H and W >= 5"),
-        (lambda: create_model("nin", dropuot=0.1), "nin does not accept dropuot"),
+        (lambda: create_model("nin", dropuot=0.1), "nin does not accept the keyword dropuot"),
     ],
 )
 def test_bad_requests_raise_clear_errors(call, message):

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..distributed import default_threads
+from ..training.config import MAX_THREADS
 
 
 def positive_int(text: str) -> int:
@@ -21,11 +22,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def thread_count(text: str) -> int:
+    """argparse type: a thread count, 1..``MAX_THREADS``."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, got {value}")
+    return value
+
+
 def threads_parent() -> argparse.ArgumentParser:
     """``--threads``."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
-        "--threads", type=positive_int, help="torch CPU threads (default: all cores, split among torchrun ranks)"
+        "--threads", type=thread_count, help="torch CPU threads (default: all cores, split among torchrun ranks)"
     )
     return p
 

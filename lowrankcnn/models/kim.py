@@ -72,7 +72,8 @@ class _FixedInputNet(nn.Module):
         if x.shape[-2:] != (self.input_size, self.input_size):
             raise ShapeError(
                 f"{name}: built for {self.input_size}x{self.input_size} inputs (its fc1 size depends on it), "
-                f"got {tuple(x.shape[-2:])}; build it with $input_size={x.shape[-1]}"
+                f"got {tuple(x.shape[-2:])}; it takes only that size (rebuild it with the model keyword "
+                f"input_size={x.shape[-1]} for another)"
             )
         return self.classifier(torch.flatten(self.features(x), 1))
 

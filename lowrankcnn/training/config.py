@@ -23,6 +23,7 @@ Optimizer = Literal["sgd", "adamw"]
 ProjectUnit = Literal["epoch", "step"]
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 PROJECT_UNITS: tuple[str, ...] = typing.get_args(ProjectUnit)
+MAX_THREADS = 1024
 
 
 @dataclass
@@ -72,6 +73,8 @@ class TrainConfig:
         for name in ("train_subset", "test_subset", "input_size", "threads"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1)
+        if self.threads is not None and self.threads > MAX_THREADS:
+            raise ConfigError(f"$threads must be at most {MAX_THREADS}, got {self.threads}", param="threads")
         _at_least("workers", self.workers, 0)
         _at_least("seed", self.seed, 0)
         _finite("lr", self.lr, low=0.0, low_open=True)

@@ -61,6 +61,8 @@ def remove_stale_temps(path: Path) -> list[Path]:
 def _check_target(path: Path) -> None:
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a directory; give a file name")
+    if path.exists() and not path.is_file():  # renaming over it would replace e.g. /dev/null for everyone
+        raise OutputError(f"cannot write {path}: it is a device, pipe or socket, not a regular file")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
