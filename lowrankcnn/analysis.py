@@ -1,4 +1,4 @@
-"""Output-rank analysis (Kim et al., SPEC §2.1).
+"""Output-rank analysis (Kim et al., docs/reference.md §2.1).
 
 A conv layer computes ``Y = H[X] · W`` (plus bias): ``H[X]`` is the im2col
 matrix of the input (rows = output positions, columns = ``C_in * k_h * k_w``),

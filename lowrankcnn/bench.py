@@ -27,7 +27,7 @@ from .models import create_model, model_info
 from .profile import check_fits_memory, profile
 from .tables import format_table
 from .timing import Timing, inference_fn, interleaved
-from .training.trainer import classification_loss
+from .utils.losses import classification_loss
 
 BenchDeploy = Literal["none", "factorized", "dense", "auto"]
 DEPLOY_CHOICES: tuple[BenchDeploy, ...] = get_args(BenchDeploy)

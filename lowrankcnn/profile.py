@@ -1,6 +1,6 @@
 """Parameter and multiply-accumulate (MAC) counting.
 
-Conventions (SPEC §1.4):
+Conventions (docs/reference.md §1.4):
 
 * ``"standard"``: MACs = sum over conv and linear layers of
   ``weights x output positions`` (1 MAC = 2 FLOPs). Pooling, activations,

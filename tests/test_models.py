@@ -1,4 +1,4 @@
-"""Model zoo: exact published counts (SPEC §1.4-1.6), small-input twins, registry behaviour."""
+"""Model zoo: exact published counts (docs/reference.md §1.4-1.6), small-input twins, registry behaviour."""
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ def meta_model(name: str, **kwargs) -> torch.nn.Module:
         return create_model(name, **kwargs)
 
 
-# (model, input size, parameters, MACs in the paper convention): copied from SPEC §1.4 / §1.5.
+# (model, input size, parameters, MACs in the paper convention): copied from docs/reference.md §1.4 / §1.5.
 PUBLISHED = [
     ("vgg11", 224, 132_863_336, 7_609_101_992),
     ("vgg11_gmp", 224, 32_200_040, 7_508_438_696),
@@ -26,7 +26,7 @@ PUBLISHED = [
     ("vgg11_gmp_lr_lde", 224, 26_444_584, 1_024_052_248),
     ("nin", 30, 966_986, 192_859_658),
     ("nin_c3_lr", 30, 438_410, 104_261_834),
-    # nin_c3: SPEC's chosen structure (3x3 96->192, then a 3x1|1x3 composite) reproduces both exactly.
+    # nin_c3: the reference's chosen structure (3x3 96->192, then a 3x1|1x3 composite) reproduces both exactly.
     ("nin_c3", 30, 773_642, 143_093_450),
 ]
 
@@ -39,7 +39,7 @@ def test_published_params_and_macs_to_the_unit(name, size, params, macs):
 
 
 def test_places_stride2_variant():
-    """SPEC §1.4 quotes 629,533,610 MACs for vgg11_gmp_lr with conv1 at stride 2 (MIT Places).
+    """docs/reference.md §1.4 quotes 629,533,610 MACs for vgg11_gmp_lr with conv1 at stride 2 (MIT Places).
 
     That figure does not reproduce from the structure: no input size in 160-259, class count
     (183, 205, 365, 401, 1000) or FC width (1024-4096) gives it. With 205 classes at 224x224 the
@@ -55,7 +55,7 @@ def test_places_stride2_variant():
     assert abs(result.macs / 629_533_610 - 1) < 0.025
 
 
-# GoogLeNet (SPEC §1.6). Compared: MACs with both auxiliary heads (training mode, paper convention)
+# GoogLeNet (docs/reference.md §1.6). Compared: MACs with both auxiliary heads (training mode, paper convention)
 # for the baseline, to the unit; "test params" (no aux heads, no final classifier) for all three,
 # to the unit. The low-rank variants' published MACs are 6-14% above what the structure gives,
 # so for them the test pins our count and checks it sits 6-14% below the published figure.

@@ -24,7 +24,7 @@ def conv_totals(name: str, form: str = "decomposed") -> tuple[int, int]:
 
 
 def test_cifar_net_counts_match_spec():
-    """SPEC §2.2: rank-1 conv params 138,000 vs 1,230,688 dense; conv MACs 20.0 M decomposed vs 167.5 M assembled."""
+    """docs/reference.md §2.2: rank-1 conv params 138,000 vs 1,230,688 dense; conv MACs 20.0 M vs 167.5 M assembled."""
     assert conv_totals("kim_rank1_cifar10") == (138_000, 20_037_632)
     assert conv_totals("kim_rank1_cifar10", "assembled") == (138_000, 167_510_016)
     assert conv_totals("kim_dense_cifar10") == (1_230_688, 167_510_016)

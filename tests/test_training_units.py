@@ -133,3 +133,42 @@ def test_every_train_flag_reaches_the_config():
     assert (c.project_every, c.project_unit, c.train_subset, c.test_subset) == (7, "step", 100, 50)
     assert (c.input_size, c.data_dir, c.out) == (32, "/d", "runs/x")
     assert c.model_kwargs == {"bn": True, "dropout": 0.2, "rank1_scheme": "projected"}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"config": None}, "missing 'config'"),
+        ({"data_info": None}, "missing 'data_info'"),
+        ({"optimizer": None}, "missing 'optimizer'"),
+        ({"rng": None}, "missing 'rng'"),
+        ({"config": {"model": "nin", "out": "x", "epochs": "ten"}}, "field 'epochs' is 'ten' \\(str\\), expected int"),
+        ({"config": {"model": "nin", "out": "x", "lr": None}}, "field 'lr' is None"),
+        ({"config": ["nin"]}, "the configuration is a list"),
+        ({"epoch": -1}, r"epoch counter -1 outside 0..3"),
+        ({"epoch": 7, "history": [{}] * 7}, r"epoch counter 7 outside 0..3"),
+        ({"epoch": 2, "history": [{}]}, "'history' has 1 rows for 2 epochs"),
+        ({"model": {"w": [1.0, 2.0]}}, "'model' is not a state dict of tensors"),
+        ({"data_info": {"name": "x", "num_classes": 2, "in_chans": 1, "input_size": 28}}, "class_names"),
+        ({"rng": {"torch": "seed"}}, "'rng' has no torch generator state"),
+    ],
+)
+def test_checkpoint_schema_is_checked_in_one_place(tmp_path, change, message):
+    """Foreign, incomplete or hand-edited checkpoints are one CheckpointError naming what is wrong, for resume."""
+    state = checkpoint_state(**{k: v for k, v in change.items() if v is not None})
+    for key in (k for k, v in change.items() if v is None):
+        del state[key]
+    save_checkpoint(tmp_path / "last.pt", state)
+    with pytest.raises(CheckpointError, match=f"not a checkpoint written by lowrankcnn: .*{message}"):
+        load_checkpoint(tmp_path / "last.pt", for_resume=True)
+
+
+def test_another_models_weights_on_resume_are_refused(tmp_path):
+    from lowrankcnn import create_model
+    from lowrankcnn.training import Trainer
+
+    state = checkpoint_state(model=create_model("nin", width_mult=0.125).state_dict())
+    state["config"] = {**state["config"], "model": "vgg11_gmp_lr", "out": str(tmp_path), "width_mult": 0.125}
+    save_checkpoint(tmp_path / "last.pt", state)
+    with pytest.raises(CheckpointError, match="its weights do not fit model vgg11_gmp_lr"):
+        Trainer.resume(tmp_path, progress=False)

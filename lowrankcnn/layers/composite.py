@@ -1,4 +1,4 @@
-"""Composite low-rank convolution (Ioannou et al., ICLR 2016, SPEC §1.1).
+"""Composite low-rank convolution (Ioannou et al., ICLR 2016, docs/reference.md §1.1).
 
 A composite layer convolves one input with several *groups* of filters of
 different spatial shapes (e.g. 3x1 and 1x3 "basis" filters), all with the

@@ -1,4 +1,4 @@
-"""Composite-layer weight initialization (Ioannou et al., SPEC §1.2).
+"""Composite-layer weight initialization (Ioannou et al., docs/reference.md §1.2).
 
 He et al. (2015) initialization generalized to layers made of groups of
 differently-shaped filters. On the backward pass the gradient reaching the
@@ -61,7 +61,7 @@ def _normal_(module: nn.Conv2d | nn.Linear, n_hat: int, gain: float) -> None:
 def init_composite_(module: nn.Module, mode: InitMode = "fan_out", gain: float = math.sqrt(2.0)) -> nn.Module:
     """Initialize every conv/linear layer in ``module`` in place; returns ``module``.
 
-    Composite layers get the shared-``n_hat`` rule of SPEC §1.2 for their basis
+    Composite layers get the shared-``n_hat`` rule of docs/reference.md §1.2 for their basis
     groups and plain He init for their join; every other ``nn.Conv2d`` gets
     plain He init with the same ``mode``, and ``nn.Linear`` gets He fan-in.
     ``Rank1Conv2d`` layers are reset so their assembled filters have the He

@@ -1,4 +1,4 @@
-"""Rank-1 convolution (Kim et al. 2018, SPEC §2).
+"""Rank-1 convolution (Kim et al. 2018, docs/reference.md §2).
 
 Every 3-D filter is an outer product of a channel vector ``t`` (length C_in),
 a vertical vector ``q`` (length k_h) and a horizontal vector ``p`` (length k_w):

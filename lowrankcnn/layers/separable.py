@@ -1,4 +1,4 @@
-"""Sequential separable convolution (the "sf" VGG variant, SPEC §1.1).
+"""Sequential separable convolution (the "sf" VGG variant, docs/reference.md §1.1).
 
 A 1xk conv (C -> D) followed by a kx1 conv (D -> D) with no activation
 between: Jaderberg et al.'s factorization, trained from scratch here.

@@ -1,4 +1,4 @@
-"""GoogLeNet (Caffe's bvlc_googlenet) and its low-rank variants (SPEC §1.6).
+"""GoogLeNet (Caffe's bvlc_googlenet) and its low-rank variants (docs/reference.md §1.6).
 
 ``googlenet_lr`` replaces, inside every inception module, each 3x3 conv by a
 composite 3x1 | 1x3 layer with half the filters in each group and each 5x5

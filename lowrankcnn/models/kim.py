@@ -1,4 +1,4 @@
-"""The rank-1 networks released with Kim et al. (2018), and their dense and consecutive-1-D twins (SPEC §2.2).
+"""The rank-1 networks released with Kim et al. (2018), their dense and consecutive-1-D twins (docs/reference.md §2.2).
 
 Each net comes in three conv flavours with identical channel counts:
 
@@ -168,8 +168,8 @@ class KimMnistNet(_FixedInputNet):
 
 
 _CIFAR_NOTE = (
-    "Authors' released notebook (SPEC §2.2): best logged test accuracy; their code kept dropout on at test "
-    "time and measured accuracy on random batches, so treat it as approximate."
+    "Authors' released notebook (docs/reference.md §2.2): best logged test accuracy; their code kept dropout on at "
+    "test time and measured accuracy on random batches, so treat it as approximate."
 )
 
 

@@ -1,4 +1,4 @@
-"""Network-in-Network and its low-rank variants (Lin et al.; Ioannou et al., SPEC §1.5).
+"""Network-in-Network and its low-rank variants (Lin et al.; Ioannou et al., docs/reference.md §1.5).
 
 The Caffe CIFAR-10 definition: three blocks of (spatial conv -> two 1x1
 "cccp" convs), ReLU after every conv, 3x3/2 max then avg pooling that rounds
@@ -130,7 +130,7 @@ def nin_c3(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, **
     The thesis says conv2 became "two 3x3 layers", but two dense 3x3 layers do
     not give the published counts. This structure (a dense 3x3 followed by a
     192->192 composite 3x1 | 1x3 layer) reproduces the published parameters and
-    MACs exactly (SPEC §1.5), so it is the one implemented.
+    MACs exactly (docs/reference.md §1.5), so it is the one implemented.
     """
     return NiN(dense_conv, dense_conv, lowrank_conv, dense_conv, (3, 3, 3), num_classes, in_chans, width_mult, **kwargs)
 

@@ -1,4 +1,4 @@
-"""VGG-11 and its low-rank variants (Ioannou et al., SPEC §1.4).
+"""VGG-11 and its low-rank variants (Ioannou et al., docs/reference.md §1.4).
 
 Every conv layer of VGG-11 is replaced according to the variant's *rule*, a
 function ``rule(in_channels, width, stride) -> module`` where ``width`` is the

@@ -1,11 +1,12 @@
 """Training: the loop, run directories, checkpoints, schedules, metrics and DDP support."""
 
 from ..errors import TrainingDiverged
+from ..utils.losses import classification_loss
 from .checkpoint import build_model, load_checkpoint, load_trained_model, save_checkpoint
 from .config import OPTIMIZERS, TrainConfig, recipe_config
 from .run_directory import RunDirectory
 from .schedule import SCHEDULES, LRSchedule
-from .trainer import Trainer, classification_loss
+from .trainer import Trainer
 
 __all__ = [
     "OPTIMIZERS",

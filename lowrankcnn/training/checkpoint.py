@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import DataBundle
 from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, LowRankCNNError
 from ..models import create_model, model_info
 from ..utils import atomic_write_bytes
@@ -137,6 +138,19 @@ def validate_checkpoint(state: object, path: str | Path, *, for_resume: bool = F
             _require(isinstance(state[key], dict), path, f"{key!r} is not a dict")
         _require(torch.is_tensor(state["rng"].get("torch")), path, "'rng' has no torch generator state")
     return config
+
+
+def data_info(data: DataBundle) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild the model, label its outputs and preprocess its inputs."""
+    return {
+        "name": data.name,
+        "num_classes": data.num_classes,
+        "in_chans": data.in_chans,
+        "input_size": data.input_size,
+        "class_names": list(data.class_names),
+        "mean": list(data.mean),
+        "std": list(data.std),
+    }
 
 
 def build_model(config: TrainConfig, info: dict[str, Any]) -> nn.Module:

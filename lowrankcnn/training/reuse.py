@@ -13,8 +13,8 @@ from typing import Any
 
 from ..errors import RunDirectoryError
 from .config import TrainConfig
-from .run_directory import RunDirectory
-from .trainer import RESUME_OVERRIDES, Trainer, saved_config
+from .run_directory import RunDirectory, saved_config
+from .trainer import RESUME_OVERRIDES, Trainer
 
 
 def config_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:

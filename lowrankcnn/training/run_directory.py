@@ -29,7 +29,8 @@ import torch
 from ..errors import RunDirectoryError
 from ..utils import atomic_write_text
 from ..utils.io import describe_os_error
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
 from .metrics import write_metrics
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "config.json")
@@ -44,6 +45,21 @@ def best_epoch(history: list[dict[str, Any]]) -> int:
         if row["test_acc"] > best:
             best, epoch = row["test_acc"], row["epoch"]
     return epoch
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """``run_dir/last.pt``, which resuming starts from; a :class:`RunDirectoryError` if there is none."""
+    path = Path(run_dir) / "last.pt"
+    if not path.is_file():
+        raise RunDirectoryError(
+            f"{run_dir} has no last.pt to resume (no epoch of a run finished there); start the run without $resume"
+        )
+    return path
+
+
+def saved_config(run_dir: str | Path) -> TrainConfig:
+    """The configuration of the run in ``run_dir`` (from its ``last.pt``)."""
+    return TrainConfig.from_dict(load_checkpoint(last_checkpoint(run_dir))["config"], source=str(run_dir))
 
 
 class RunDirectory:

@@ -5,7 +5,7 @@
 * ``step``: ``lr0``, divided by 10 at 50% and again at 75% of the steps.
 * ``inverse``: the paper's ``lr_t = lr0 * (1 + lr0 * lambda * t)^-1`` per iteration
   (``lambda`` = weight decay), further divided by 10 each time the validation
-  accuracy has not improved for ``patience`` epochs (SPEC §1.3).
+  accuracy has not improved for ``patience`` epochs (docs/reference.md §1.3).
 
 The schedule writes the rate into the optimizer's parameter groups; its state
 (step, plateau factor, best accuracy) is saved in checkpoints for exact resume.

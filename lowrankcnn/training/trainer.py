@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..data import DataBundle, build_data
+from ..data import build_data
 from ..data.loaders import TENSOR_SPECS
 from ..distributed import DistInfo, all_reduce_sum, collective, default_threads, setup, teardown
 from ..errors import ConfigError, RunDirectoryError, TrainingDiverged
@@ -35,43 +34,16 @@ from ..evaluate import evaluate, main_logits
 from ..layers import Rank1Conv2d
 from ..models import model_info
 from ..utils import resolve_device
-from .checkpoint import build_model, load_checkpoint, load_state
+from ..utils.losses import classification_loss
+from .checkpoint import build_model, data_info, load_checkpoint, load_state
 from .config import TrainConfig
-from .run_directory import RunDirectory
+from .run_directory import RunDirectory, last_checkpoint, saved_config
 from .schedule import LRSchedule
 
 DIVERGENCE_FACTOR = 100.0
 """A step loss this many times the run's first loss counts as divergence."""
 RESUME_OVERRIDES = ("epochs", "workers", "out")
 """Fields a resumed run may change: more epochs extend it; workers and the folder path change no result."""
-
-
-def classification_loss(
-    output: torch.Tensor | tuple[torch.Tensor, ...],
-    target: torch.Tensor,
-    label_smoothing: float = 0.0,
-    aux_weight: float = 0.3,
-) -> torch.Tensor:
-    """Cross-entropy of logits ``(N, classes)``; a tuple's auxiliary heads (GoogLeNet) weighted by ``aux_weight``."""
-    if isinstance(output, tuple):
-        main, *aux = output
-        return F.cross_entropy(main, target, label_smoothing=label_smoothing) + aux_weight * sum(
-            F.cross_entropy(a, target, label_smoothing=label_smoothing) for a in aux
-        )
-    return F.cross_entropy(output, target, label_smoothing=label_smoothing)
-
-
-def data_info(data: DataBundle) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild the model, label its outputs and preprocess its inputs."""
-    return {
-        "name": data.name,
-        "num_classes": data.num_classes,
-        "in_chans": data.in_chans,
-        "input_size": data.input_size,
-        "class_names": list(data.class_names),
-        "mean": list(data.mean),
-        "std": list(data.std),
-    }
 
 
 def input_size_for(config: TrainConfig) -> int | None:
@@ -81,21 +53,6 @@ def input_size_for(config: TrainConfig) -> int | None:
         return config.input_size
     native, needed = TENSOR_SPECS[config.data].input_size, model_info(config.model).min_input_size
     return None if native >= needed else needed + (needed - native) % 2
-
-
-def last_checkpoint(run_dir: str | Path) -> Path:
-    """``run_dir/last.pt``, which resuming starts from; a :class:`RunDirectoryError` if there is none."""
-    path = Path(run_dir) / "last.pt"
-    if not path.is_file():
-        raise RunDirectoryError(
-            f"{run_dir} has no last.pt to resume (no epoch of a run finished there); start the run without $resume"
-        )
-    return path
-
-
-def saved_config(run_dir: str | Path) -> TrainConfig:
-    """The configuration of the run in ``run_dir`` (from its ``last.pt``)."""
-    return TrainConfig.from_dict(load_checkpoint(last_checkpoint(run_dir))["config"], source=str(run_dir))
 
 
 class Trainer:
