@@ -17,6 +17,12 @@ def tiny_kim_config(out: str | os.PathLike, **overrides: object) -> TrainConfig:
     return TrainConfig(model="kim_rank1_cifar10", out=str(out), **{**base, **overrides})
 
 
+def tiny_vgg_config(out: str | os.PathLike, **overrides: object) -> TrainConfig:
+    """``vgg11_gmp_lr`` at width 0.125, two epochs on 512 Fashion-MNIST images, one thread (seconds on a CPU)."""
+    base = {"width_mult": 0.125, "epochs": 2, "batch_size": 64, "train_subset": 512, "test_subset": 128}
+    return TrainConfig(model="vgg11_gmp_lr", out=str(out), **{**base, "seed": 3, "threads": 1, **overrides})
+
+
 def checkpoint_state(**overrides: object) -> dict:
     """A minimal checkpoint dict that passes the schema (a tiny model, ``epoch`` epochs of history)."""
     epoch = overrides.get("epoch", 1)

@@ -4,11 +4,11 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_vgg_config
 
 from lowrankcnn.cli import main
 from lowrankcnn.layers import Rank1Conv2d
@@ -24,18 +24,7 @@ TIMING = {"train_images_per_s", "epoch_time_s"}
 
 
 def small_config(tmp_path: Path, **kwargs) -> TrainConfig:
-    base = TrainConfig(
-        model="vgg11_gmp_lr",
-        out=str(tmp_path / "run"),
-        width_mult=0.125,
-        epochs=2,
-        batch_size=64,
-        lr=0.02,
-        train_subset=1024,
-        test_subset=256,
-        seed=3,
-    )
-    return replace(base, **kwargs)
+    return tiny_vgg_config(tmp_path / "run", **{"train_subset": 1024, "test_subset": 256, **kwargs})
 
 
 def test_small_lowrank_model_learns_fashion_mnist(tmp_path):

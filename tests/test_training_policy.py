@@ -4,14 +4,14 @@ extending a finished run, refusing flags a resume cannot honour, quiet logs and 
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_vgg_config
 
 from lowrankcnn.cli import main
-from lowrankcnn.training import TrainConfig, Trainer, TrainingDiverged, load_checkpoint
+from lowrankcnn.training import Trainer, TrainingDiverged, load_checkpoint
 from lowrankcnn.training.metrics import read_metrics
 
 DATA = Path(os.environ.get("LOWRANKCNN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
@@ -20,21 +20,6 @@ pytestmark = pytest.mark.skipif(
     reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)",
 )
 TINY = ["--width-mult", "0.125", "--train-subset", "256", "--test-subset", "64", "--batch-size", "64"]
-
-
-def tiny(out: Path, **kwargs) -> TrainConfig:
-    base = TrainConfig(
-        model="vgg11_gmp_lr",
-        out=str(out),
-        width_mult=0.125,
-        epochs=2,
-        batch_size=64,
-        train_subset=512,
-        test_subset=128,
-        seed=3,
-        threads=1,
-    )
-    return replace(base, **kwargs)
 
 
 class PoisonedAtEpochEnd(Trainer):
@@ -54,7 +39,8 @@ class PoisonedAtEpochEnd(Trainer):
 @pytest.mark.parametrize("poison", ["weights", "test loss"])
 def test_non_finite_epoch_is_never_saved(tmp_path, poison):
     expected = "weight classifier.fc8.weight became non-finite" if poison == "weights" else "test loss became nan"
-    trainer = type("Poisoned", (PoisonedAtEpochEnd,), {"poison": poison})(tiny(tmp_path / "run"), progress=False)
+    poisoned = type("Poisoned", (PoisonedAtEpochEnd,), {"poison": poison})
+    trainer = poisoned(tiny_vgg_config(tmp_path / "run"), progress=False)
     with pytest.raises(TrainingDiverged, match=rf"{expected} at epoch 2 .*epoch 1\), is intact"):
         trainer.fit()
     for name in ("last.pt", "best.pt"):
@@ -79,11 +65,11 @@ class InterruptedTrainer(Trainer):
 
 def test_resume_is_exact_under_another_thread_count(tmp_path):
     """One and two threads sum differently; the saved thread count makes the resumed run match bit for bit."""
-    with Trainer(tiny(tmp_path / "a"), progress=False, verbose=False) as full:
+    with Trainer(tiny_vgg_config(tmp_path / "a"), progress=False, verbose=False) as full:
         full.fit()
         reference = {k: v.clone() for k, v in full.model.state_dict().items()}
     with pytest.raises(KeyboardInterrupt):
-        InterruptedTrainer(tiny(tmp_path / "b"), progress=False, verbose=False).fit()
+        InterruptedTrainer(tiny_vgg_config(tmp_path / "b"), progress=False, verbose=False).fit()
     torch.set_num_threads(2)
     with Trainer.resume(tmp_path / "b", progress=False, verbose=False) as resumed:
         assert resumed.config.threads == 1 and torch.get_num_threads() == 1
