@@ -45,15 +45,60 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup(device: torch.device, timeout_s: float = 300.0) -> DistInfo:
-    """Join the process group if launched by torchrun (collectives time out after ``timeout_s``); a no-op otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+def _env_int(name: str, default: int, low: int, high: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        upper = f" and < {high + 1}" if high is not None else ""
+        raise DistributedError(
+            f"the environment variable {name}={raw!r} must be an integer >= {low}{upper}; launch data-parallel "
+            "runs with torchrun, which sets it, or unset it for a single process"
+        )
+    return value
+
+
+def env_info(timeout_s: float = 300.0) -> DistInfo:
+    """This process's place in the job, from torchrun's ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` variables.
+
+    A ``RANK`` without ``WORLD_SIZE`` > 1 is ignored (a single process is always rank 0).
+
+    Raises:
+        DistributedError: a variable is not an integer, or ``RANK`` is missing or out of range.
+    """
+    world_size = _env_int("WORLD_SIZE", 1, 1)
+    if world_size == 1:
         return DistInfo(timeout_s=timeout_s)
-    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")), timeout_s)
-    if not dist.is_initialized():
+    if "RANK" not in os.environ:
+        raise DistributedError(
+            f"WORLD_SIZE={world_size} is set but RANK is not; launch data-parallel runs with torchrun"
+        )
+    rank = _env_int("RANK", 0, 0, world_size - 1)
+    return DistInfo(rank, world_size, _env_int("LOCAL_RANK", 0, 0), timeout_s)
+
+
+def setup(device: torch.device, timeout_s: float = 300.0) -> DistInfo:
+    """Join the process group if launched by torchrun (collectives time out after ``timeout_s``); a no-op otherwise.
+
+    Raises:
+        DistributedError: bad torchrun variables, or the group could not be formed within ``timeout_s``
+            (no ``MASTER_ADDR``, an unreachable master, a peer that never joined).
+    """
+    info = env_info(timeout_s)
+    if info.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        try:
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        except (ValueError, RuntimeError) as err:  # DistStoreError and DistNetworkError are RuntimeErrors
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise DistributedError(
+                f"rank {info.rank} of {info.world_size} could not join the process group ({first}); launch "
+                "data-parallel runs with torchrun, check MASTER_ADDR/MASTER_PORT, or raise $dist_timeout"
+            ) from err
     return info
 
 
@@ -138,5 +183,5 @@ def all_reduce_sum(values: list[float], info: DistInfo, where: str | None = None
 
 def default_threads() -> int | None:
     """Threads per process under torchrun on CPU: the cores divided among local ranks (``None`` otherwise)."""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local = _env_int("LOCAL_WORLD_SIZE", 1, 1)
     return max(1, (os.cpu_count() or 1) // local) if local > 1 else None

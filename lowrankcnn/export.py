@@ -42,7 +42,8 @@ ExportFormat = Literal["onnx", "torchscript"]
 FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 EXTRA_FILE = "lowrankcnn.json"
 """Name of the TorchScript ``_extra_files`` entry holding the metadata."""
-RUN_CHECKPOINTS = ("last.pt", "best.pt")
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "config.json")
+"""The files of a training run directory (``lowrankcnn.training.run_directory``), never export targets."""
 """Checkpoint names in a run directory (one with ``metrics.jsonl``): never an export target."""
 CHECK_BATCH = 3
 """Batch size of the check (the export traces batch 2, so the dynamic batch axis is checked too)."""
@@ -316,7 +317,7 @@ def check_output_file(out: str | Path) -> Path:
 
 def check_export_target(out: str | Path, source: str | Path | None = None) -> Path:
     """Refuse, before any work, an ``out`` that is a directory, the file being exported (``source``), or any
-    checkpoint of a run directory (its ``last.pt`` or ``best.pt``).
+    file of a run directory (its checkpoints, metrics or ``config.json``).
 
     Raises:
         OutputError: ``out`` is a directory or not a regular file. ConfigError: ``out`` is ``source`` (it would
@@ -329,9 +330,9 @@ def check_export_target(out: str | Path, source: str | Path | None = None) -> Pa
             "give another file name",
             param="out",
         )
-    if out.name in RUN_CHECKPOINTS and (out.parent / "metrics.jsonl").is_file():
+    if out.name in RUN_FILES and any((out.parent / name).is_file() for name in RUN_FILES[:3]):
         raise ConfigError(
-            f"$out {out} is a checkpoint of the run directory {out.parent}; writing it would destroy it; "
+            f"$out {out} is a file of the run directory {out.parent}; writing it would destroy it; "
             "give another file name",
             param="out",
         )

@@ -38,7 +38,7 @@ def checkpoint_state(**overrides: object) -> dict:
         "epoch": epoch,
         "model": {"w": torch.ones(3)},
         "optimizer": {"state": {}, "param_groups": []},
-        "schedule": {"step_count": 0},
+        "schedule": {"step_count": 0, "factor": 1.0, "best_acc": 0.5, "bad_epochs": 0},
         "rng": {"torch": torch.get_rng_state()},
         "history": [{"epoch": 1, "test_acc": 0.5}] * epoch,
         "best_acc": 0.5,

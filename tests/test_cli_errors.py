@@ -27,6 +27,11 @@ from lowrankcnn.errors import ConfigError
         (["train"], "give --model NAME (or --resume RUN_DIR"),
         (["train", "--model", "nin", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
         (["models", "resnet*"], "no model matches 'resnet*'"),
+        (["train", "--model", "nin", "--seed", str(10**23)], "--seed must be at most 4294967295"),
+        (["train", "--model", "nin", "--warmup-epochs", "1e308"], "--warmup-epochs (1e+308) is longer than the run"),
+        (["train", "--model", "nin", "--epochs", "2", "--warmup-epochs", "3"], "is longer than the run (--epochs 2)"),
+        (["train", "--model", "nin", "--model-kwargs", "fc_width=0"], "nin does not accept the keyword fc_width"),
+        (["train", "--model", "vgg11_gmp", "--model-kwargs", "fc_width=0"], "keyword fc_width must be at least 1"),
     ],
 )
 def test_user_mistakes_are_one_line_naming_the_flag(tmp_path, capsys, args, message):
@@ -58,7 +63,7 @@ def test_a_bug_is_not_reported_as_a_user_error(monkeypatch):
         main(["profile", "nin"])
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.0, 2.5])
+@pytest.mark.parametrize("delay", [0.3, 0.45, 1.0, 2.5])
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
     """Interrupted while importing torch, building the parser or loading the data: never a traceback.
 
@@ -72,3 +77,26 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().count("\n") == 0, err
     assert "interrupted" in err
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' must be an integer >= 1"),
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK is not"),
+        ({"WORLD_SIZE": "2", "RANK": "abc"}, "RANK='abc' must be an integer >= 0 and < 2"),
+        ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK='5' must be an integer >= 0 and < 2"),
+        ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_WORLD_SIZE": "x"}, "LOCAL_WORLD_SIZE='x' must be an integer"),
+        ({"WORLD_SIZE": "2", "RANK": "0"}, "rank 0 of 2 could not join the process group"),
+    ],
+)
+def test_broken_torchrun_environment_is_one_line(tmp_path, monkeypatch, capsys, env, message):
+    """These were KeyError/ValueError/DistStoreError tracebacks (the last after a rendezvous wait)."""
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = ["train", "--model", "nin", "--width-mult", "0.125", "--dist-timeout", "2", "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

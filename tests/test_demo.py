@@ -33,3 +33,12 @@ def test_demo_twice_reuses_its_runs_and_refuses_other_settings(tmp_path, capsys)
         compare(*models, other, out, infer_batch=16)
     compare(*models, other, out, infer_batch=16, overwrite=True)
     assert load_checkpoint(out / "vgg11_gmp")["config"]["lr"] == 0.05
+
+
+def test_a_full_data_request_is_not_answered_with_a_subset_run(tmp_path):
+    """``train_subset=None`` (the full set) used to count as "unspecified", so a subset run was silently reused."""
+    from lowrankcnn.training.reuse import config_differences
+
+    subset = TrainConfig(model="nin", out="r", train_subset=256, threads=2)
+    full = TrainConfig(model="nin", out="r", train_subset=None, threads=None)
+    assert config_differences(subset, full) == ["train_subset 256 -> None"]  # threads=None: whatever the run used

@@ -80,10 +80,11 @@ def test_out_pointing_at_the_checkpoint_is_refused(run_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--out" in err and "is the checkpoint being exported" in err
     assert (run_dir / "last.pt").read_bytes() == before
-    best = (run_dir / "best.pt").read_bytes()  # another checkpoint of the run is not a target either
-    assert main(["export", "--checkpoint", str(run_dir), "--format", "onnx", "--out", str(run_dir / "best.pt")]) == 2
-    assert "is a checkpoint of the run directory" in capsys.readouterr().err
-    assert (run_dir / "best.pt").read_bytes() == best
+    for name in ("best.pt", "metrics.jsonl", "metrics.csv", "config.json"):  # no other file of the run either
+        before = (run_dir / name).read_bytes()
+        assert main(["export", "--checkpoint", str(run_dir), "--format", "onnx", "--out", str(run_dir / name)]) == 2
+        assert "is a file of the run directory" in capsys.readouterr().err
+        assert (run_dir / name).read_bytes() == before
 
 
 def test_out_that_is_a_directory_is_one_line(run_dir, tmp_path, capsys):
@@ -230,3 +231,10 @@ def test_out_that_is_not_a_regular_file_is_refused(run_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a regular file" in err
     assert fifo.is_fifo()
+
+
+def test_export_knows_every_file_of_a_run_directory():
+    from lowrankcnn import export
+    from lowrankcnn.training import run_directory
+
+    assert export.RUN_FILES == run_directory.RUN_FILES

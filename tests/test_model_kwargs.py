@@ -40,8 +40,10 @@ def test_cli_values_parse_as_meant(text, value):
         ({"dropout": 1.5}, r"keyword dropout must be in \[0, 1\], got 1.5"),
         ({"dropout": math.nan}, "keyword dropout must be in"),
         ({"rank1_scheme": "factor"}, "keyword rank1_scheme must be one of 'factors', 'projected'"),
-        ({"num_classes": 3}, "num_classes is an argument of create_model, not a model keyword"),
-        ({"width_mult": 2.0}, "width_mult is an argument of create_model"),
+        ({"num_classes": 3}, "num_classes is not a model keyword but an argument of create_model: the data set sets"),
+        ({"width_mult": 2.0}, "width_mult is not a model keyword but an argument of create_model: set it with"),
+        ({"input_size": 3}, r"keyword input_size must be in \[8, 4096\], got 3"),
+        ({"input_size": 0}, r"keyword input_size must be in \[8, 4096\], got 0"),
         ({"_kind": "dense"}, "does not accept the keyword _kind=...; it accepts: bn, dropout, input_size"),
         ({"colour": 2}, "does not accept the keyword colour"),
     ],
@@ -52,6 +54,20 @@ def test_wrong_keywords_are_refused_before_building(kwargs, message):
     if not {"num_classes", "width_mult"} & kwargs.keys():  # those two are create_model's own arguments
         with pytest.raises(ConfigError, match=message):
             create_model("kim_rank1_cifar10", **kwargs)
+
+
+def test_non_positive_fc_width_is_refused():
+    """fc_width=0 used to build a classifier that could only ever output its bias (training stuck at chance)."""
+    for width in (0, -5):
+        with pytest.raises(ConfigError, match=f"keyword fc_width must be at least 1, got {width}"):
+            create_model("vgg11_gmp_lr", fc_width=width)
+
+
+@pytest.mark.parametrize("kwargs", [{"fc_width": 10**6}, {"num_classes": 10**8}])
+def test_any_model_too_big_for_memory_is_refused_before_allocating(kwargs):
+    """Not just wide ones: a huge classifier used to be a DefaultCPUAllocator traceback after minutes of paging."""
+    with pytest.raises(ConfigError, match="GiB, more than half of this machine's memory"):
+        create_model("vgg11_gmp_lr", **kwargs)
 
 
 def test_private_builder_defaults_do_not_leak():
@@ -82,7 +98,10 @@ def test_googlenet_keeps_its_own_init_and_direct_construction_matches():
     "flags, message",
     [
         (["--model-kwargs", "dropout=0,5"], "keyword dropout must be float, got (0, 5)"),
-        (["--model-kwargs", "num_classes=3"], "num_classes is an argument of create_model"),
+        (
+            ["--model-kwargs", "num_classes=3"],
+            "num_classes is not a model keyword but an argument of create_model: the data set sets it",
+        ),
         (["--model-kwargs", "width_mult=2"], "set it with --width-mult"),
         (["--bn", "--model-kwargs", "shared_spatial=maybe"], "keyword shared_spatial must be bool, got 'maybe'"),
     ],

@@ -145,3 +145,48 @@ def test_repair_is_a_no_op_on_a_consistent_run(tmp_path):
     assert torch.equal(
         load_checkpoint(out / "best.pt")["model"]["classifier.fc8.weight"], state["model"]["classifier.fc8.weight"]
     )
+
+
+def test_a_stray_rank_variable_does_not_bypass_the_run_directory_checks(tmp_path, monkeypatch, capsys):
+    """RANK=1 without WORLD_SIZE used to skip the lock and the claim, silently replacing the run."""
+    out = tmp_path / "run"
+    assert main(train_args(out, epochs=1)) == 0
+    before = digest(out / "last.pt")
+    capsys.readouterr()
+    for rank in ("1", "-1"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+        assert main(train_args(out, model="vgg11_gmp", epochs=1)) == 2
+        assert "already holds a vgg11_gmp_lr run" in capsys.readouterr().err
+    assert digest(out / "last.pt") == before
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path, capsys):
+    """--overwrite with a wrong --data-dir used to delete the old run, then fail: nothing left."""
+    out = tmp_path / "run"
+    assert main(train_args(out, epochs=1)) == 0
+    before = {name: digest(out / name) for name in ("last.pt", "best.pt", "metrics.jsonl", "config.json")}
+    capsys.readouterr()
+    bad = [*train_args(out, epochs=1), "--overwrite", "--data-dir", str(tmp_path / "nowhere")]
+    assert main(bad) == 2
+    assert "not found" in capsys.readouterr().err
+    assert before == {name: digest(out / name) for name in before}
+
+
+def test_data_dir_is_saved_absolute_and_resume_may_point_at_moved_data(tmp_path, monkeypatch, capsys):
+    """A relative --data-dir was saved verbatim: resume or eval from another folder read other data or failed."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in DATA.glob("*-ubyte.gz"):
+        (data / name.name).symlink_to(name)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert main([*train_args(out, epochs=1), "--data-dir", "data"]) == 0
+    assert load_checkpoint(out)["config"]["data_dir"] == str(data)
+    data.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--data-dir", str(tmp_path / "moved")]) == 0
+    saved = load_checkpoint(out)
+    assert saved["epoch"] == 2 and saved["config"]["data_dir"] == str(tmp_path / "moved")

@@ -53,6 +53,20 @@ def test_schedule_state_round_trip():
     assert b.lr == a.lr and opt.param_groups[0]["lr"] == a.lr
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{"optimizer": 3}, {"step_count": "7"}, {"factor": math.nan}, {"bad_epochs": -1}, {"step_count": None}],
+)
+def test_schedule_state_from_a_file_is_checked_key_by_key(change):
+    """load_state_dict used to setattr every key: a hand-edited checkpoint could replace the optimizer."""
+    opt = _opt()
+    schedule = LRSchedule(opt, "cosine", 0.1, 100)
+    state = {**schedule.state_dict(), **change}
+    with pytest.raises(ValueError, match="schedule state has"):
+        schedule.load_state_dict({k: v for k, v in state.items() if v is not None})
+    assert schedule.optimizer is opt and schedule.step_count == 0
+
+
 def test_checkpoint_round_trip_and_atomicity(tmp_path):
     path = tmp_path / "run" / "last.pt"
     save_checkpoint(path, checkpoint_state(epoch=2))
@@ -151,6 +165,8 @@ def test_every_train_flag_reaches_the_config():
         ({"model": {"w": [1.0, 2.0]}}, "'model' is not a state dict of tensors"),
         ({"data_info": {"name": "x", "num_classes": 2, "in_chans": 1, "input_size": 28}}, "class_names"),
         ({"rng": {"torch": "seed"}}, "'rng' has no torch generator state"),
+        ({"reference_loss": -1.0}, "'reference_loss' is -1.0, not a finite loss >= 0"),
+        ({"reference_loss": "1.5"}, "'reference_loss' is '1.5'"),
     ],
 )
 def test_checkpoint_schema_is_checked_in_one_place(tmp_path, change, message):

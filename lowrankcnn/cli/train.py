@@ -13,7 +13,7 @@ from ..training import OPTIMIZERS, SCHEDULES, TrainConfig, Trainer, recipe_confi
 from ..training.config import PROJECT_UNITS
 from .common import add_command, explicit_flags, positive_int, threads_parent
 
-RESUME_FLAGS = {"resume", "epochs", "workers", "no_progress", "progress"}
+RESUME_FLAGS = {"resume", "epochs", "workers", "data_dir", "no_progress", "progress"}
 """Flags that may accompany ``--resume``; every other one would change the saved run and is refused."""
 _WORDS = {"true": True, "yes": True, "false": False, "no": False, "none": None}
 
@@ -84,9 +84,12 @@ def _resume(args: argparse.Namespace) -> Trainer:
         flags = ", ".join(f"--{name.replace('_', '-')}" for name in refused)
         raise ConfigError(
             f"{flags} cannot be combined with --resume: a resumed run uses its saved configuration (only --epochs, "
-            "to extend it, and --workers may change). Start a new run with another --out to change it"
+            "to extend it, --workers, and --data-dir for where the same data now lives may change). Start a new "
+            "run with another --out to change it"
         )
-    return Trainer.resume(args.resume, epochs=args.epochs, workers=args.workers, progress=args.progress)
+    return Trainer.resume(
+        args.resume, epochs=args.epochs, workers=args.workers, progress=args.progress, data_dir=args.data_dir
+    )
 
 
 def _interrupt_hint(args: argparse.Namespace) -> str:

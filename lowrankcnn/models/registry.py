@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.checks import MAX_INPUT_SIZE
 from ..errors import ConfigError
 from ..layers import init_composite_
 from ..layers.init import InitMode
@@ -30,8 +31,9 @@ MAX_WIDTH_MULT = 64.0
 """Largest ``width_mult`` accepted (VGG-11 at 64x has 32,768-channel convs); larger values are mistakes."""
 RESERVED_KWARGS = ("num_classes", "in_chans", "width_mult", "init_mode")
 """Arguments of ``create_model`` itself; they are not model keywords."""
-KWARG_RANGES: dict[str, tuple[float, float]] = {"dropout": (0.0, 1.0)}
-"""Closed ranges for model keywords that every family shares."""
+KWARG_RANGES: dict[str, tuple[float, float]] = {"dropout": (0.0, 1.0), "fc_width": (1, math.inf)}
+"""Closed ranges for model keywords that every family shares (``input_size`` is bounded by the model's
+``min_input_size`` and the largest input the library accepts)."""
 
 
 @dataclass(frozen=True)
@@ -160,15 +162,18 @@ def validate_model_kwargs(name: str, kwargs: Mapping[str, object]) -> None:
     accepted = ", ".join(sorted(schema)) or "none"
     for key, value in kwargs.items():
         if key in RESERVED_KWARGS:
-            raise ConfigError(f"{key} is an argument of create_model, not a model keyword: set it with ${key}")
+            where = "the data set sets it" if key in ("num_classes", "in_chans") else f"set it with ${key}"
+            raise ConfigError(f"{key} is not a model keyword but an argument of create_model: {where}")
         if key not in schema:
             raise ConfigError(f"{name} does not accept the keyword {key}=...; it accepts: {accepted}")
         if not fits(value, schema[key]):
             raise ConfigError(f"{name}: keyword {key} must be {describe(schema[key])}, got {value!r}")
-        if key in KWARG_RANGES and isinstance(value, (int, float)):
-            low, high = KWARG_RANGES[key]
+        ranges = {**KWARG_RANGES, "input_size": (model_info(name).min_input_size, MAX_INPUT_SIZE)}
+        if key in ranges and isinstance(value, (int, float)):
+            low, high = ranges[key]
             if not (math.isfinite(value) and low <= value <= high):
-                raise ConfigError(f"{name}: keyword {key} must be in [{low:g}, {high:g}], got {value!r}")
+                bounds = f"at least {low:g}" if math.isinf(high) else f"in [{low:g}, {high:g}]"
+                raise ConfigError(f"{name}: keyword {key} must be {bounds}, got {value!r}")
 
 
 def _check_size(name: str, num_classes: int | None, in_chans: int | None, width_mult: float) -> None:
@@ -225,13 +230,14 @@ def create_model(
     classes = num_classes if num_classes is not None else info.num_classes
     in_chans = in_chans if in_chans is not None else info.in_chans
     build = lambda: _builders[name](num_classes=classes, in_chans=in_chans, width_mult=float(width_mult), **kwargs)  # noqa: E731
-    if width_mult > 1 and torch.get_default_device().type != "meta":
+    if torch.get_default_device().type != "meta":
         with torch.device("meta"):
             weight_bytes = sum(p.numel() * p.element_size() for p in build().parameters())
         if weight_bytes > _memory_bytes() // 2 > 0:
             raise ConfigError(
-                f"create_model({name!r}): at $width_mult={width_mult:g} the weights alone need "
-                f"{weight_bytes / 2**30:.1f} GiB, more than half of this machine's memory; use a smaller width",
+                f"create_model({name!r}): with width_mult={width_mult:g}, {classes} classes, {in_chans} input "
+                f"channels and keywords {dict(kwargs)} the weights alone need {weight_bytes / 2**30:.1f} GiB, more "
+                "than half of this machine's memory; use a smaller width, class count or keyword",
                 param="width_mult",
             )
     model = build()

@@ -18,6 +18,7 @@ Schema (``format`` 1):
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,10 @@ def _is_int(value: object, low: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def validate_checkpoint(state: object, path: str | Path, *, for_resume: bool = False) -> TrainConfig:
     """Check ``state`` against the schema (see the module doc); returns its config.
 
@@ -133,10 +138,16 @@ def validate_checkpoint(state: object, path: str | Path, *, for_resume: bool = F
             path,
             f"'history' has {len(history) if isinstance(history, list) else '?'} rows for {epoch} epochs",
         )
-        _require(isinstance(state["best_acc"], (int, float)), path, "'best_acc' is not a number")
+        _require(_is_number(state["best_acc"]), path, "'best_acc' is not a number")
         for key in ("optimizer", "schedule", "rng"):
             _require(isinstance(state[key], dict), path, f"{key!r} is not a dict")
         _require(torch.is_tensor(state["rng"].get("torch")), path, "'rng' has no torch generator state")
+        reference = state.get("reference_loss")
+        _require(
+            reference is None or (_is_number(reference) and math.isfinite(reference) and reference >= 0),
+            path,
+            f"'reference_loss' is {reference!r}, not a finite loss >= 0",
+        )
     return config
 
 

@@ -24,6 +24,7 @@ ProjectUnit = Literal["epoch", "step"]
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 PROJECT_UNITS: tuple[str, ...] = typing.get_args(ProjectUnit)
 MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -77,10 +78,17 @@ class TrainConfig:
             raise ConfigError(f"$threads must be at most {MAX_THREADS}, got {self.threads}", param="threads")
         _at_least("workers", self.workers, 0)
         _at_least("seed", self.seed, 0)
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"$seed must be at most {MAX_SEED} (2**32 - 1), got {self.seed}", param="seed")
         _finite("lr", self.lr, low=0.0, low_open=True)
         _finite("width_mult", self.width_mult, low=0.0, low_open=True)
         _finite("weight_decay", self.weight_decay, low=0.0)
         _finite("warmup_epochs", self.warmup_epochs, low=0.0)
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(
+                f"$warmup_epochs ({self.warmup_epochs:g}) is longer than the run ($epochs {self.epochs})",
+                param="warmup_epochs",
+            )
         _finite("aux_weight", self.aux_weight, low=0.0)
         _finite("dist_timeout", self.dist_timeout, low=0.0, low_open=True)
         _finite("momentum", self.momentum, low=0.0, high=1.0)

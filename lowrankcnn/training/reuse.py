@@ -18,12 +18,16 @@ from .trainer import RESUME_OVERRIDES, Trainer
 
 
 def config_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
-    """``"lr 0.05 -> 0.02"`` for every setting of ``wanted`` that differs from ``saved`` (``None``: unspecified)."""
+    """``"lr 0.05 -> 0.02"`` for every setting of ``wanted`` that differs from ``saved``.
+
+    ``threads=None`` in ``wanted`` means "whatever the saved run used"; every other ``None`` is a value
+    (``train_subset=None`` is the full training set).
+    """
     old = saved.to_dict()
     return [
         f"{name} {old[name]!r} -> {value!r}"
         for name, value in wanted.to_dict().items()
-        if name not in RESUME_OVERRIDES and value is not None and value != old[name]
+        if name not in RESUME_OVERRIDES and not (name == "threads" and value is None) and value != old[name]
     ]
 
 

@@ -124,19 +124,20 @@ class RunDirectory:
             self._lock_file.close()
             self._lock_file = None
 
-    def claim(self, overwrite: bool) -> None:
-        """Make the (locked) folder ready for a new run: refuse one that holds a run unless ``overwrite``.
+    def check_free(self, overwrite: bool) -> None:
+        """Refuse a folder that holds a run unless ``overwrite`` (nothing is deleted here).
 
         Raises:
             RunDirectoryError: the folder holds a run and ``overwrite`` is false.
         """
-        if not self.holds_run():
-            return
-        if not overwrite:
+        if self.holds_run() and not overwrite:
             raise RunDirectoryError(
                 f"{self.path} already holds {self.describe()}; continue it with $resume, give another $out, "
                 "or pass $overwrite to replace it"
             )
+
+    def clear(self) -> None:
+        """Delete the run files of the (locked) folder, for a new run that replaces it."""
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
 

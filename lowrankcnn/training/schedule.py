@@ -85,9 +85,27 @@ class LRSchedule:
             self._apply()
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("step_count", "factor", "best_acc", "bad_epochs")}
+        return {k: getattr(self, k) for k in _STATE_KEYS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+        """Restore the position saved by :meth:`state_dict`.
+
+        Raises:
+            ValueError: a key is missing or unknown, or a value has the wrong type or range.
+        """
+        if set(state) != set(_STATE_KEYS):
+            raise ValueError(f"schedule state has keys {sorted(state)}, expected {list(_STATE_KEYS)}")
+        counts_ok = all(
+            isinstance(state[k], int) and not isinstance(state[k], bool) and state[k] >= 0
+            for k in ("step_count", "bad_epochs")
+        )
+        factor, best = state["factor"], state["best_acc"]
+        numbers_ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (factor, best))
+        if not (counts_ok and numbers_ok and math.isfinite(factor) and factor > 0 and not math.isnan(best)):
+            raise ValueError(f"schedule state has a bad value: {state}")
+        for key in _STATE_KEYS:
+            setattr(self, key, state[key])
         self._apply()
+
+
+_STATE_KEYS = ("step_count", "factor", "best_acc", "bad_epochs")

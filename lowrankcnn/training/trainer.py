@@ -15,7 +15,6 @@ only ever hold finite models.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import replace
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from ..data import build_data
 from ..data.loaders import TENSOR_SPECS
-from ..distributed import DistInfo, all_reduce_sum, collective, default_threads, setup, teardown
+from ..distributed import DistInfo, all_reduce_sum, collective, default_threads, env_info, setup, teardown
 from ..errors import ConfigError, RunDirectoryError, TrainingDiverged
 from ..evaluate import evaluate, main_logits
 from ..layers import Rank1Conv2d
@@ -42,7 +41,7 @@ from .schedule import LRSchedule
 
 DIVERGENCE_FACTOR = 100.0
 """A step loss this many times the run's first loss counts as divergence."""
-RESUME_OVERRIDES = ("epochs", "workers", "out")
+RESUME_OVERRIDES = ("epochs", "workers", "out", "data_dir")
 """Fields a resumed run may change: more epochs extend it; workers and the folder path change no result."""
 
 
@@ -84,7 +83,7 @@ class Trainer:
         self.run = RunDirectory(config.out)
         self.run_dir = self.run.path
         self._threads_before = torch.get_num_threads()
-        is_main = int(os.environ.get("RANK", "0")) == 0
+        is_main = env_info().is_main
         if not resume:
             config.validate()
         if is_main:
@@ -95,8 +94,10 @@ class Trainer:
                 checkpoint = load_checkpoint(last_checkpoint(self.run.path), for_resume=True)
                 config = self._resumed_config(config, TrainConfig.from_dict(checkpoint["config"]), checkpoint)
             elif is_main:
-                self.run.claim(overwrite)
+                self.run.check_free(overwrite)
             self._setup(config)
+            if checkpoint is None and self.dist.is_main:
+                self.run.clear()  # only now: a run that cannot start (bad data, model) leaves the old one intact
             if checkpoint is not None:
                 self._restore(checkpoint)
                 if self.dist.is_main:
@@ -113,14 +114,16 @@ class Trainer:
         workers: int | None = None,
         progress: bool | None = None,
         verbose: bool = True,
+        data_dir: str | None = None,
     ) -> Trainer:
         """Continue the run in ``run_dir`` with its saved configuration; ``epochs`` above the saved count extends it.
 
         Extending lays the learning-rate schedule out over the new total, as if the run had been planned for
         ``epochs`` from the start: a finished cosine run restarts at the rate the longer schedule has at that step.
+        ``data_dir`` points at the run's data set where it now lives (it must be the same data).
         """
         saved = saved_config(run_dir)
-        changes = {"out": str(run_dir), "epochs": epochs, "workers": workers}
+        changes = {"out": str(run_dir), "epochs": epochs, "workers": workers, "data_dir": data_dir}
         config = replace(saved, **{k: v for k, v in changes.items() if v is not None})
         return cls(config, resume=True, progress=progress, verbose=verbose)
 
@@ -146,6 +149,8 @@ class Trainer:
         """Threads, device, process group, data, model, optimizer and schedule of a fresh start."""
         config.threads = config.threads or default_threads() or torch.get_num_threads()
         torch.set_num_threads(config.threads)
+        if config.data_dir is not None:  # saved absolute, so eval and resume work from any folder
+            config.data_dir = str(Path(config.data_dir).expanduser().absolute())
         self.config = config
         self.device = resolve_device(config.device)
         self.dist: DistInfo = setup(self.device, config.dist_timeout)
@@ -208,8 +213,7 @@ class Trainer:
         except (ValueError, KeyError, TypeError, RuntimeError) as err:
             raise RunDirectoryError(f"{path}: its optimizer, schedule or RNG state does not fit ({err})") from err
         self.epoch, self.history, self.best_acc = state["epoch"], list(state["history"]), float(state["best_acc"])
-        reference = state.get("reference_loss", self.history[0]["train_loss"] if self.history else None)
-        self.reference_loss = reference if isinstance(reference, (int, float)) else None
+        self.reference_loss = state.get("reference_loss")  # validate_checkpoint: None or a finite loss >= 0
 
     def _state(self) -> dict[str, Any]:
         return {
