@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from lowrankcnn.deploy import deploy
+from lowrankcnn.deployment import deploy
 from lowrankcnn.plot import plot_curves
-from lowrankcnn.profile import profile
+from lowrankcnn.profiling import profile
 from lowrankcnn.tables import format_table, markdown_table
 from lowrankcnn.timing import inference_fn, interleaved
 from lowrankcnn.training import TrainConfig, Trainer, load_trained_model

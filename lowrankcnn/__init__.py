@@ -16,10 +16,10 @@ def _on_interrupt(signum, frame):  # noqa: ANN001, ANN202
 if _CLI:  # remember a Ctrl-C even if some library swallows the KeyboardInterrupt while torch loads
     _signal.signal(_signal.SIGINT, _on_interrupt)
 try:
-    from .deploy import deploy
+    from .deployment import deploy
     from .errors import LowRankCNNError
     from .models import create_model, list_models, model_info, register_model
-    from .profile import profile
+    from .profiling import profile
 except BaseException:  # numpy, for one, turns an interrupted import into an ImportError
     if not (_interrupted or isinstance(_sys.exc_info()[1], KeyboardInterrupt)):
         raise

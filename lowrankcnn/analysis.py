@@ -27,7 +27,7 @@ from torch import nn
 from .errors import ConfigError, ShapeError
 from .layers import Rank1Conv2d
 from .layers.fuse import FUSABLE, dense_filters
-from .profile import outermost_units
+from .profiling import outermost_units
 
 
 @dataclass

@@ -21,10 +21,10 @@ from typing import Literal, get_args
 import torch
 
 from .data.checks import check_input_size, check_int
-from .deploy import deploy, deploy_report
+from .deployment import deploy, deploy_report
 from .errors import ConfigError
 from .models import create_model, model_info
-from .profile import check_fits_memory, profile
+from .profiling import check_fits_memory, profile
 from .tables import format_table
 from .timing import Timing, inference_fn, interleaved
 from .utils.losses import classification_loss

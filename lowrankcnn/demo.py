@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .deploy import deploy
+from .deployment import deploy
 from .plot import plot_curves
-from .profile import profile
+from .profiling import profile
 from .tables import format_table, markdown_table
 from .timing import inference_fn, interleaved
 from .training import TrainConfig, load_trained_model

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ExportError, MissingDependencyError, OutputError
-from .profile import check_fits_memory
+from .profiling import check_fits_memory
 from .utils import atomic_write_bytes
 
 ExportFormat = Literal["onnx", "torchscript"]

@@ -6,7 +6,7 @@ from conftest import rel_err
 from torch import nn
 
 from lowrankcnn import create_model, list_models, model_info
-from lowrankcnn.deploy import LOW_RANK, deploy, deploy_report
+from lowrankcnn.deployment import LOW_RANK, deploy, deploy_report
 from lowrankcnn.layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
 from lowrankcnn.layers.fold import batchnorm_affine, fold_affine_, fold_batchnorms_
 
@@ -146,3 +146,13 @@ def test_bad_arguments_are_clear():
         deploy(model, "fast")
     with pytest.raises(ValueError, match="rank1 must be one of"):
         deploy(model, rank1="dense")
+
+
+def test_modules_are_not_shadowed_by_the_functions_they_export():
+    """``import lowrankcnn.deploy as d`` used to bind the function, so ``d.deploy_report`` failed."""
+    import lowrankcnn
+    import lowrankcnn.deployment as deployment
+    import lowrankcnn.profiling as profiling
+
+    assert lowrankcnn.deploy is deployment.deploy and callable(deployment.deploy_report)
+    assert lowrankcnn.profile is profiling.profile and profiling.ProfileResult

@@ -8,7 +8,7 @@ from torch import nn
 
 from lowrankcnn import create_model, deploy, profile
 from lowrankcnn.bench import BenchSettings, bench
-from lowrankcnn.deploy import LOW_RANK, deploy_report
+from lowrankcnn.deployment import LOW_RANK, deploy_report
 from lowrankcnn.errors import ConfigError, LowRankCNNError, ShapeError
 from lowrankcnn.layers import CompositeConv2d
 from lowrankcnn.timing import interleaved

@@ -9,7 +9,7 @@ from conftest import rel_err, tiny_kim_config
 from lowrankcnn import create_model, list_models, model_info
 from lowrankcnn.bench import BenchSettings, bench, dense_twin
 from lowrankcnn.cli import main
-from lowrankcnn.deploy import deploy
+from lowrankcnn.deployment import deploy
 from lowrankcnn.errors import ConfigError
 from lowrankcnn.export import export_model, onnx_max_abs_diff, torchscript_max_abs_diff
 from lowrankcnn.training import Trainer

@@ -170,7 +170,7 @@ def test_projected_training_leaves_exact_rank1_filters(tmp_path, unit):
 
 @pytest.mark.parametrize("form", ["fused", "chain"])
 def test_model_deploy_matches_and_leaves_original(form):
-    from lowrankcnn.deploy import deploy
+    from lowrankcnn.deployment import deploy
 
     model = create_model("kim_rank1_cifar10", in_chans=1, width_mult=0.25).eval()
     deployed = deploy(model, rank1=form)

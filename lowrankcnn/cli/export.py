@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..deploy import TARGETS, deploy
+from ..deployment import TARGETS, deploy
 from ..export import (
     CHECK_BATCH,
     FORMATS,
@@ -13,7 +13,7 @@ from ..export import (
     check_export_target,
     export_checked,
 )
-from ..profile import check_fits_memory
+from ..profiling import check_fits_memory
 from ..training import load_trained_model
 from ..training.checkpoint import checkpoint_path
 from .common import add_command, positive_int, set_threads, threads_parent

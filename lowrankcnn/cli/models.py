@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models import create_model, list_models, model_info
-from ..profile import Convention, ProfileResult, Rank1Form, profile
+from ..profiling import Convention, ProfileResult, Rank1Form, profile
 from ..tables import format_table
 from .common import add_command, json_parent
 
