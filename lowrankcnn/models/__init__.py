@@ -10,9 +10,11 @@ from .registry import (
     scale_width,
     validate_model_kwargs,
 )
+from .spec import ModelSpec
 
 __all__ = [
     "ModelInfo",
+    "ModelSpec",
     "create_model",
     "list_models",
     "model_info",

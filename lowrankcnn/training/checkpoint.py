@@ -27,7 +27,7 @@ from torch import nn
 
 from ..data import DataBundle
 from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, LowRankCNNError
-from ..models import create_model, model_info
+from ..models import model_info
 from ..utils import atomic_write_bytes
 from .config import TrainConfig
 
@@ -170,12 +170,10 @@ def build_model(config: TrainConfig, info: dict[str, Any]) -> nn.Module:
     A model with an ``input_size`` keyword (a fixed-input net) is built for the data's input size
     unless the run's ``model_kwargs`` set it.
     """
-    kwargs = dict(config.model_kwargs)
-    if "input_size" in model_info(config.model).kwargs:
-        kwargs.setdefault("input_size", info["input_size"])
-    return create_model(
-        config.model, num_classes=info["num_classes"], in_chans=info["in_chans"], width_mult=config.width_mult, **kwargs
-    )
+    spec = config.model_spec(info["num_classes"], info["in_chans"])
+    if "input_size" in model_info(config.model).kwargs and "input_size" not in spec.kwargs:
+        spec = spec.with_kwargs(input_size=info["input_size"])
+    return spec.create()
 
 
 def load_state(model: nn.Module, weights: dict[str, torch.Tensor], path: str | Path, name: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from ..errors import ConfigError
-from ..models import model_info, validate_model_kwargs
+from ..models import ModelSpec, model_info, validate_model_kwargs
 from ..utils import resolve_device
 from ..utils.annotations import describe, fits
 from .schedule import Schedule
@@ -131,6 +131,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The saved form (plain JSON values)."""
         return asdict(self)
+
+    def model_spec(self, num_classes: int | None = None, in_chans: int | None = None) -> ModelSpec:
+        """The run's model, sized for a data set with ``num_classes`` classes and ``in_chans`` channels."""
+        return ModelSpec(self.model, num_classes, in_chans, self.width_mult, dict(self.model_kwargs))
 
 
 _HINTS = typing.get_type_hints(TrainConfig)
