@@ -7,10 +7,11 @@ modules computing the same function:
 
 * ``target="factorized"``: composite layers run one conv per basis group,
   concatenated, then the join 1x1 (``CompositeConv2d.factorized``); separable
-  layers their two convs; rank-1 and consecutive layers the 1-D chain
-  (``rank1="fused"``: 1x1 then one depthwise k x k, the default, measured faster
-  on CPU; ``rank1="chain"``: 1x1 -> depthwise k x 1 -> depthwise 1 x k).
-* ``target="dense"``: every low-rank layer fused into one ``nn.Conv2d``
+  layers their two convs; rank-1 and consecutive layers a 1x1 conv then depthwise
+  convs (``rank1="depthwise"``: 1x1 then one depthwise k x k, the default, measured
+  faster on CPU; ``rank1="chain"``: 1x1 -> depthwise k x 1 -> depthwise 1 x k).
+  ``rank1="fused"``, the old name of ``"depthwise"``, still works (deprecated).
+* ``target="dense"``: every low-rank layer fused into its dense form, one ``nn.Conv2d``
   (a ``ConfigError`` names any layer that has no exact dense form).
 * ``target="auto"``: per layer, whichever of the two is faster on this machine,
   timed once on the layer's real input shape; the decision and both timings are
@@ -29,6 +30,7 @@ replaced everywhere by one deployed module. The original model is not modified.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -37,14 +39,20 @@ from torch import nn
 
 from .errors import ConfigError, LowRankCNNError, ShapeError
 from .layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
-from .layers.fold import BatchNorm, count_calls, fold_batchnorms_
+from .layers.conv_from_weights import ChainSpatial
+from .layers.fold import BATCH_NORM_TYPES, count_calls, fold_batchnorms_
 from .layers.fuse import equivalent_dense_conv
 from .timing import inference_fn, interleaved
 
 Target = Literal["factorized", "dense", "auto"]
-Rank1Deploy = Literal["fused", "chain"]
+Rank1Deploy = Literal["depthwise", "chain"]
+"""Factorized form of a rank-1 layer: ``"depthwise"`` (1x1 conv, one depthwise k_h x k_w) or ``"chain"``
+(1x1 conv, depthwise k_h x 1, depthwise 1 x k_w)."""
 TARGETS: tuple[Target, ...] = get_args(Target)
 RANK1_FORMS: tuple[Rank1Deploy, ...] = get_args(Rank1Deploy)
+_RANK1_SPATIAL: dict[Rank1Deploy, ChainSpatial] = {"depthwise": "depthwise", "chain": "separate"}
+_RANK1_RENAMED = {"fused": "depthwise"}
+"""Old ``rank1`` names, still accepted with a ``DeprecationWarning``."""
 LOW_RANK: tuple[type[nn.Module], ...] = (CompositeConv2d, SeparableConv2d, Rank1Conv2d, ConsecutiveConv2d)
 
 
@@ -59,14 +67,14 @@ class LayerChoice:
     note: str = ""
 
 
-def factorized_form(module: nn.Module, rank1: Rank1Deploy = "fused") -> nn.Module:
+def factorized_form(module: nn.Module, rank1: Rank1Deploy = "depthwise") -> nn.Module:
     """Standard modules computing the low-rank layer ``module`` in its factorized form."""
     if isinstance(module, CompositeConv2d):
         return module.factorized()
     if isinstance(module, SeparableConv2d):
-        return nn.Sequential(copy.deepcopy(module.horizontal), copy.deepcopy(module.vertical))
+        return nn.Sequential(copy.deepcopy(module.conv_1xk), copy.deepcopy(module.conv_kx1))
     if isinstance(module, (Rank1Conv2d, ConsecutiveConv2d)):
-        return module.deploy(fuse_spatial=rank1 == "fused")
+        return module.to_chain(_RANK1_SPATIAL[_rank1_form(rank1, stacklevel=2)])
     raise ConfigError(f"factorized_form: {type(module).__name__} is not a low-rank layer")
 
 
@@ -131,11 +139,25 @@ def _default_input_shape(model: nn.Module) -> tuple[int, int, int, int] | None:
     return (1, getattr(model, "in_chans", info.in_chans), info.input_size, info.input_size)
 
 
-def _check_arguments(target: str, rank1: str, input_shape: object, repeats: object) -> None:
-    if target not in TARGETS:
-        raise ConfigError(f"deploy: $target must be one of {', '.join(TARGETS)}, got {target!r}", param="target")
+def _rank1_form(rank1: str, stacklevel: int) -> Rank1Deploy:
+    """``rank1`` checked, an old name replaced by the new one (with a ``DeprecationWarning`` for the caller
+    ``stacklevel`` frames above this function)."""
+    if rank1 in _RANK1_RENAMED:
+        new = _RANK1_RENAMED[rank1]
+        warnings.warn(
+            f"deploy: rank1={rank1!r} is deprecated; use rank1={new!r}", DeprecationWarning, stacklevel=stacklevel + 1
+        )
+        return new  # type: ignore[return-value]
     if rank1 not in RANK1_FORMS:
         raise ConfigError(f"deploy: $rank1 must be one of {', '.join(RANK1_FORMS)}, got {rank1!r}", param="rank1")
+    return rank1  # type: ignore[return-value]
+
+
+def _check_arguments(target: str, rank1: str, input_shape: object, repeats: object) -> Rank1Deploy:
+    """Refuse a bad argument of ``deploy``; return ``rank1`` under its current name."""
+    if target not in TARGETS:
+        raise ConfigError(f"deploy: $target must be one of {', '.join(TARGETS)}, got {target!r}", param="target")
+    rank1 = _rank1_form(rank1, stacklevel=4)  # _check_arguments, deploy, no_grad's wrapper, deploy's caller
     if input_shape is not None and (
         not isinstance(input_shape, (tuple, list, torch.Size))
         or len(input_shape) < 2
@@ -146,6 +168,7 @@ def _check_arguments(target: str, rank1: str, input_shape: object, repeats: obje
         )
     if type(repeats) is not int or repeats < 1:
         raise ConfigError(f"deploy: $repeats must be an integer >= 1, got {repeats!r}", param="repeats")
+    return rank1
 
 
 def _trace_for_deploy(
@@ -155,7 +178,7 @@ def _trace_for_deploy(
 
     The forward pass is skipped when nothing needs it (no batch norm to fold and no timing).
     """
-    if target != "auto" and not any(isinstance(m, BatchNorm) for m in model.modules()):
+    if target != "auto" and not any(isinstance(m, BATCH_NORM_TYPES) for m in model.modules()):
         return None, {}, None
     if input_shape is not None:
         calls, shapes = _trace(model, tuple(input_shape))
@@ -193,7 +216,7 @@ def _replace(root: nn.Module, module: nn.Module, new: nn.Module) -> nn.Module:
 def deploy(
     model: nn.Module,
     target: Target = "factorized",
-    rank1: Rank1Deploy = "fused",
+    rank1: Rank1Deploy = "depthwise",
     channels_last: bool = False,
     input_shape: tuple[int, int, int, int] | None = None,
     repeats: int = 10,
@@ -203,7 +226,9 @@ def deploy(
     Args:
         model: any module; its low-rank layers are replaced, the rest is kept.
         target: ``"factorized"``, ``"dense"`` or ``"auto"`` (see the module doc).
-        rank1: deployed form of rank-1 layers, ``"fused"`` or ``"chain"``.
+        rank1: factorized form of rank-1 and consecutive layers, ``"depthwise"`` (1x1 conv, one depthwise
+            k_h x k_w) or ``"chain"`` (1x1 conv, depthwise k_h x 1, depthwise 1 x k_w); ``"fused"`` is the
+            deprecated name of ``"depthwise"``.
         channels_last: convert the copy to channels-last (feed it channels-last inputs too).
         input_shape: ``(N, C, H, W)`` of the zero batch that traces the forward pass (which batch norms can
             be folded) and that ``auto`` times the layers for; defaults to batch 1 at the registered model's
@@ -215,7 +240,7 @@ def deploy(
             exact dense form.
         ShapeError: the model does not run on ``input_shape``.
     """
-    _check_arguments(target, rank1, input_shape, repeats)
+    rank1 = _check_arguments(target, rank1, input_shape, repeats)
     deployed = copy.deepcopy(model).eval()
     calls, shapes, untraced = _trace_for_deploy(deployed, target, input_shape)
     folds = fold_batchnorms_(deployed, calls, keep_all=untraced)

@@ -8,9 +8,7 @@ from torch import nn
 from lowrankcnn import create_model, list_models, model_info
 from lowrankcnn.deployment import LOW_RANK, deploy, deploy_report
 from lowrankcnn.layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
-from lowrankcnn.layers.fold import batchnorm_affine, fold_affine_, fold_batchnorms_
-
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+from lowrankcnn.layers.fold import BATCH_NORM_TYPES, batchnorm_affine, fold_affine_, fold_batchnorms_
 
 
 def randomize_batchnorms(model: nn.Module) -> nn.Module:
@@ -20,7 +18,7 @@ def randomize_batchnorms(model: nn.Module) -> nn.Module:
             if name.endswith("bias"):
                 p.uniform_(-0.1, 0.1)
         for m in model.modules():
-            if isinstance(m, BATCH_NORMS):
+            if isinstance(m, BATCH_NORM_TYPES):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(-1.5, 1.5)  # negative scales too
@@ -92,9 +90,9 @@ def test_every_zoo_model_deploys_equivalently(name):
         with torch.no_grad():
             assert rel_err(deployed(x), reference) < 1e-4, (name, target)
     # Batch norms that follow a conv are folded; the Kim CIFAR nets put theirs after the ReLU.
-    left = [m for m in deploy(model).modules() if isinstance(m, BATCH_NORMS)]
+    left = [m for m in deploy(model).modules() if isinstance(m, BATCH_NORM_TYPES)]
     assert len(left) == (3 if name.startswith("kim_") and name.endswith("cifar10") else 0)
-    assert any(isinstance(m, BATCH_NORMS) for m in model.modules()) or not left  # original untouched
+    assert any(isinstance(m, BATCH_NORM_TYPES) for m in model.modules()) or not left  # original untouched
 
 
 def test_auto_times_both_forms_and_records_the_choice():
@@ -130,7 +128,7 @@ def test_a_bare_low_rank_layer_deploys_to_standard_modules():
             assert rel_err(deployed(x), layer(x)) < 1e-5
 
 
-@pytest.mark.parametrize("rank1", ["fused", "chain"])
+@pytest.mark.parametrize("rank1", ["depthwise", "chain"])
 def test_channels_last_deploy_matches(rank1):
     model, x = zoo_model("kim_rank1_cifar10")
     deployed = deploy(model, rank1=rank1, channels_last=True)

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from lowrankcnn.layers import CompositeConv2d, composite_fan, init_composite_
+from lowrankcnn.layers import CompositeConv2d, composite_fan, init_weights_
 
 
 def test_shared_std_from_sum_over_groups():
     layer = CompositeConv2d(16, [(3, 1, 300), (1, 3, 300), (3, 3, 200)], join=400)
-    init_composite_(layer)
+    init_weights_(layer)
     n_hat = 3 * 300 + 3 * 300 + 9 * 200
     assert composite_fan(layer) == [n_hat] * 3
     for conv in layer.groups:  # every group has the same std, not its own fan-out
@@ -20,14 +20,14 @@ def test_shared_std_from_sum_over_groups():
 
 def test_plain_conv_gets_he_fan_out_and_fan_in_option():
     conv = nn.Conv2d(64, 256, 3)
-    init_composite_(conv)
+    init_weights_(conv)
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 256)), rel=0.03)
-    init_composite_(conv, mode="fan_in")
+    init_weights_(conv, mode="fan_in")
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 64)), rel=0.03)
     layer = CompositeConv2d(64, [(3, 1, 100), (3, 3, 100)])
     assert composite_fan(layer, "fan_in") == [3 * 64, 9 * 64]
     with pytest.raises(ValueError, match="mode must be"):
-        init_composite_(conv, mode="fan_avg")
+        init_weights_(conv, mode="fan_avg")
 
 
 def _stack_stats(naive: bool, depth: int = 16, width: int = 64) -> tuple[float, float]:
@@ -40,7 +40,7 @@ def _stack_stats(naive: bool, depth: int = 16, width: int = 64) -> tuple[float, 
     torch.manual_seed(0)
     layers = [CompositeConv2d(width, [(3, 1, width // 2), (1, 3, width // 2)]) for _ in range(depth)]
     net = nn.Sequential(*[m for layer in layers for m in (layer, nn.ReLU())])
-    init_composite_(net)
+    init_weights_(net)
     if naive:  # each group initialized as if it were a layer of its own (kaiming fan-out per group)
         for layer in layers:
             for conv in layer.groups:

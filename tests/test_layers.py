@@ -93,9 +93,9 @@ def test_describe():
 @pytest.mark.parametrize("stride", [1, 2])
 def test_separable_is_1xk_then_kx1(stride):
     layer = SeparableConv2d(3, 8, 3, stride)
-    assert layer.horizontal.kernel_size == (1, 3) and layer.vertical.kernel_size == (3, 1)
+    assert layer.conv_1xk.kernel_size == (1, 3) and layer.conv_kx1.kernel_size == (3, 1)
     x = torch.randn(2, 3, 13, 12)
-    expected = layer.vertical(layer.horizontal(x))
+    expected = layer.conv_kx1(layer.conv_1xk(x))
     assert torch.equal(layer(x), expected)
     assert layer(x).shape == (2, 8, (13 - 1) // stride + 1, (12 - 1) // stride + 1)
 

@@ -5,8 +5,8 @@ import torch
 from conftest import rel_err
 from torch import nn
 
-from lowrankcnn.layers import ConsecutiveConv2d, Rank1Conv2d, init_composite_
-from lowrankcnn.layers.rank1 import assemble, rank1_factors
+from lowrankcnn.layers import ConsecutiveConv2d, Rank1Conv2d, init_weights_
+from lowrankcnn.layers.decompose import assemble, rank1_factors
 
 
 def _tensor_rank1_error(w: torch.Tensor) -> float:
@@ -36,7 +36,7 @@ CASES = [
 
 @pytest.mark.parametrize("scheme", ["factors", "projected"])
 @pytest.mark.parametrize("c_in, c_out, k, stride, shared", CASES)
-def test_deploy_equals_3d_form(scheme, c_in, c_out, k, stride, shared):
+def test_chain_equals_3d_form(scheme, c_in, c_out, k, stride, shared):
     layer = Rank1Conv2d(c_in, c_out, k, stride, scheme=scheme, shared_spatial=shared)
     nn.init.normal_(layer.bias)
     if scheme == "projected":  # a trained (moved) weight, then projected as the trainer does
@@ -44,20 +44,20 @@ def test_deploy_equals_3d_form(scheme, c_in, c_out, k, stride, shared):
             layer.weight.add_(0.1 * torch.randn_like(layer.weight))
         layer.project_()
     x = torch.randn(2, c_in, 13, 10)
-    deployed = layer.deploy()
+    deployed = layer.to_chain()
     assert [type(m) for m in deployed] == [nn.Conv2d] * 3
     assert deployed[1].groups == deployed[2].groups == c_out
     y = layer(x)
     assert y.shape == deployed(x).shape
     assert rel_err(deployed(x), y) < 1e-5
-    fused = layer.deploy(fuse_spatial=True)
-    assert len(fused) == 2 and fused[1].groups == c_out
-    assert rel_err(fused(x), y) < 1e-5
+    depthwise = layer.to_chain(spatial="depthwise")
+    assert len(depthwise) == 2 and depthwise[1].groups == c_out and depthwise[1].kernel_size == layer.kernel_size
+    assert rel_err(depthwise(x), y) < 1e-5
 
 
-def test_deploy_is_sensitive_to_a_wrong_factor():
+def test_chain_is_sensitive_to_a_wrong_factor():
     layer = Rank1Conv2d(4, 9, 3, shared_spatial=True)
-    deployed = layer.deploy()
+    deployed = layer.to_chain()
     with torch.no_grad():
         deployed[1].weight[0] = deployed[1].weight[0].flip(1)
     x = torch.randn(1, 4, 9, 9)
@@ -114,7 +114,7 @@ def test_init_matches_he_variance_of_the_dense_conv(scheme, shared):
     target = math.sqrt(2 / (9 * 256))
     assert layer.he_std() == pytest.approx(target)
     assert layer.assembled_weight().std().item() == pytest.approx(target, rel=0.10)
-    init_composite_(layer, mode="fan_in")
+    init_weights_(layer, mode="fan_in")
     assert layer.assembled_weight().std().item() == pytest.approx(math.sqrt(2 / (9 * 96)), rel=0.10)
 
 
@@ -126,15 +126,15 @@ def test_gradients_reach_the_factors():
 
 def test_consecutive_is_three_standard_layers():
     layer = ConsecutiveConv2d(5, 8, 3, stride=2)
-    assert [m.kernel_size for m in (layer.channel, layer.vertical, layer.horizontal)] == [(1, 1), (3, 1), (1, 3)]
+    assert [m.kernel_size for m in (layer.conv_1x1, layer.conv_kx1, layer.conv_1xk)] == [(1, 1), (3, 1), (1, 3)]
     assert layer(torch.randn(2, 5, 11, 11)).shape == (2, 8, 6, 6)
     # it computes a rank-1 conv: same function as Rank1Conv2d with the same factors
     r1 = Rank1Conv2d(5, 8, 3, stride=2)
     with torch.no_grad():
-        r1.channel.copy_(layer.channel.weight[:, :, 0, 0])
-        r1.vertical.copy_(layer.vertical.weight[:, 0, :, 0])
-        r1.horizontal.copy_(layer.horizontal.weight[:, 0, 0, :])
-        r1.bias.copy_(layer.horizontal.bias)
+        r1.channel.copy_(layer.conv_1x1.weight[:, :, 0, 0])
+        r1.vertical.copy_(layer.conv_kx1.weight[:, 0, :, 0])
+        r1.horizontal.copy_(layer.conv_1xk.weight[:, 0, 0, :])
+        r1.bias.copy_(layer.conv_1xk.bias)
     x = torch.randn(2, 5, 11, 11)
     assert rel_err(layer(x), r1(x)) < 1e-5
 

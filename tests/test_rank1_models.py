@@ -105,7 +105,7 @@ def test_equivalent_dense_conv(module):
     if isinstance(module, nn.Sequential):  # a separable layer is exact only without its 1xk bias
         module = module[0]
         with torch.no_grad():
-            module.horizontal.bias.zero_()
+            module.conv_1xk.bias.zero_()
     x = torch.randn(2, 5, 11, 12)
     dense = equivalent_dense_conv(module)
     assert rel_err(dense(x), module(x)) < 1e-5
@@ -113,7 +113,7 @@ def test_equivalent_dense_conv(module):
 
 def test_separable_with_first_bias_is_not_fusable():
     layer = SeparableConv2d(3, 4)
-    nn.init.normal_(layer.horizontal.bias)
+    nn.init.normal_(layer.conv_1xk.bias)
     with pytest.raises(ValueError, match="zero padding cuts off at the borders"):
         equivalent_dense_conv(layer)
 
@@ -168,7 +168,7 @@ def test_projected_training_leaves_exact_rank1_filters(tmp_path, unit):
     assert layers and max(_max_second_singular_ratio(m) for m in layers) < 1e-5
 
 
-@pytest.mark.parametrize("form", ["fused", "chain"])
+@pytest.mark.parametrize("form", ["depthwise", "chain"])
 def test_model_deploy_matches_and_leaves_original(form):
     from lowrankcnn.deployment import deploy
 

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError
+from ._checks import check_layer_input, positive_int
 from .concat import ParallelConcat
-from .dense import conv2d_from_weights
+from .conv_from_weights import conv2d_from_weights
 
 BasisGroup = tuple[int, int, int]
 """One group of a composite layer: ``(kernel_h, kernel_w, n_filters)``."""
@@ -99,12 +100,9 @@ class CompositeConv2d(nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        if not isinstance(in_channels, int) or in_channels <= 0:
-            raise ConfigError(f"{name}: in_channels must be a positive integer, got {in_channels!r}")
-        if not isinstance(stride, int) or stride <= 0:
-            raise ConfigError(f"{name}: stride must be a positive integer, got {stride!r}")
-        if join is not None and (not isinstance(join, int) or join <= 0):
-            raise ConfigError(f"{name}: join must be None or a positive channel count, got {join!r}")
+        positive_int(in_channels, "in_channels", name)
+        positive_int(stride, "stride", name)
+        positive_int(join, "join", name, optional=True)
         self.basis = validate_basis(basis, name)
         self.in_channels = in_channels
         self.stride = stride
@@ -117,17 +115,20 @@ class CompositeConv2d(nn.Module):
         self.join = nn.Conv2d(self.basis_channels, join, 1, bias=bias) if join is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ShapeError(
-                f"{type(self).__name__}: expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+        check_layer_input(self, x)
         y = torch.cat([conv(x) for conv in self.groups], dim=1)
         return self.join(y) if self.join is not None else y
 
     @property
     def kernel_size(self) -> tuple[int, int]:
-        """The smallest kernel that holds every basis filter (the fused dense kernel)."""
+        """The smallest kernel that holds every basis filter (the kernel of the dense form, ``to_dense``)."""
         return max(kh for kh, _, _ in self.basis), max(kw for _, kw, _ in self.basis)
+
+    @property
+    def dense_padding(self) -> tuple[int, int]:
+        """Padding ``(pad_h, pad_w)`` of the dense form (``to_dense``): "same" for ``kernel_size``."""
+        kh, kw = self.kernel_size
+        return (kh - 1) // 2, (kw - 1) // 2
 
     def describe(self) -> str:
         """Short structure string for tables, e.g. ``"3x1:32|1x3:32 -> 1x1:64 /2"``."""
@@ -137,7 +138,7 @@ class CompositeConv2d(nn.Module):
         return text + (f" /{self.stride}" if self.stride > 1 else "")
 
     def dense_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Weight ``(out_channels, in_channels, Kh, Kw)`` and bias of the equivalent dense conv.
+        """Weight ``(out_channels, in_channels, Kh, Kw)`` and bias of the dense form (``to_dense``).
 
         Each basis filter is zero-padded (centred) to the common kernel ``Kh x Kw``;
         the join matrix then mixes the padded filters and folds in their biases.
@@ -170,10 +171,12 @@ class CompositeConv2d(nn.Module):
 
     @torch.no_grad()
     def to_dense(self) -> nn.Conv2d:
-        """An ``nn.Conv2d`` computing exactly this layer's function (fused deploy form)."""
+        """The dense form: one ``nn.Conv2d`` computing exactly this layer's function (``deploy(target="dense")``).
+
+        The basis filters and the join are fused into that one conv's weight and bias (``dense_weight``).
+        """
         weight, bias = self.dense_weight()
-        kh, kw = self.kernel_size
-        return conv2d_from_weights(weight, bias, (self.stride, self.stride), ((kh - 1) // 2, (kw - 1) // 2))
+        return conv2d_from_weights(weight, bias, (self.stride, self.stride), self.dense_padding)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, basis={self.describe()}"

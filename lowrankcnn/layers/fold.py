@@ -30,14 +30,24 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ._deprecation import warn_renamed
 from .composite import CompositeConv2d
 from .rank1 import ConsecutiveConv2d, Rank1Conv2d
 from .separable import SeparableConv2d
 
-BatchNorm = (nn.BatchNorm1d, nn.BatchNorm2d)
+BATCH_NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+"""The batch-norm layers (a lazy one becomes one of these on its first call): what ``fold_batchnorms_`` may fold
+and ``init_weights_`` resets."""
 
 
-def batchnorm_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+def __getattr__(name: str) -> object:
+    if name == "BatchNorm":  # the old name of BATCH_NORM_TYPES
+        warn_renamed("lowrankcnn.layers.fold.BatchNorm", "BATCH_NORM_TYPES")
+        return BATCH_NORM_TYPES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scale, shift)`` of ``bn`` in eval mode: ``bn(y) = scale * y + shift`` per channel.
 
     Raises ``ConfigError`` for a batch norm without running statistics (it normalizes by the
@@ -77,9 +87,9 @@ def fold_path(module: nn.Module, channels: int) -> list[nn.Module] | None:
     if isinstance(module, CompositeConv2d) and module.join is not None:
         last = module.join
     elif isinstance(module, SeparableConv2d):
-        last = module.vertical
+        last = module.conv_kx1
     elif isinstance(module, ConsecutiveConv2d):
-        last = module.horizontal
+        last = module.conv_1xk
     elif not isinstance(module, (CompositeConv2d, Rank1Conv2d)):
         return None
     if last is None:
@@ -200,7 +210,7 @@ def fold_batchnorms_(
         for before, key in zip(keys, keys[1:], strict=False):
             bn, layer = parent._modules[key], parent._modules[before]
             qualified = f"{prefix}.{key}" if prefix else key
-            if not isinstance(bn, BatchNorm) or bn.running_mean is None or layer is None:
+            if not isinstance(bn, BATCH_NORM_TYPES) or bn.running_mean is None or layer is None:
                 continue
             path = fold_path(layer, bn.num_features)
             if path is None:

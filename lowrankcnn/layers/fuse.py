@@ -1,7 +1,8 @@
-"""Equivalent dense convolutions of the factorized layers.
+"""Fusing a low-rank layer into its dense form: the one ``nn.Conv2d`` that equals it.
 
 Every layer here is linear up to its bias, so it equals one ``nn.Conv2d``
-whose ``(C_out, C_in, k_h, k_w)`` weight is the composed filters.
+whose ``(C_out, C_in, k_h, k_w)`` weight is the composed filters. In this package
+"dense" means exactly that single-conv equivalent, and "fuse" means building it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from .composite import CompositeConv2d
-from .dense import conv2d_from_weights
-from .rank1 import ConsecutiveConv2d, Rank1Conv2d, assemble
+from .conv_from_weights import conv2d_from_weights
+from .decompose import assemble
+from .rank1 import ConsecutiveConv2d, Rank1Conv2d
 from .separable import SeparableConv2d
 
 FUSABLE: tuple[type[nn.Module], ...] = (nn.Conv2d, CompositeConv2d, SeparableConv2d, Rank1Conv2d, ConsecutiveConv2d)
@@ -28,14 +30,13 @@ def dense_filters(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None,
     """
     if isinstance(module, CompositeConv2d):
         weight, bias = module.dense_weight()
-        kh, kw = module.kernel_size
-        return weight, bias, (module.stride, module.stride), ((kh - 1) // 2, (kw - 1) // 2)
+        return weight, bias, (module.stride, module.stride), module.dense_padding
     if isinstance(module, Rank1Conv2d):
         return module.assembled_weight(), module.bias, module.stride, module.padding
     if isinstance(module, ConsecutiveConv2d):
         return assemble(*module.factors()), module.bias, module.stride, module.padding
     if isinstance(module, SeparableConv2d):
-        h, v = module.horizontal, module.vertical  # (D, C, 1, k) then (D, D, k, 1)
+        h, v = module.conv_1xk, module.conv_kx1  # (D, C, 1, k) then (D, D, k, 1)
         weight = torch.einsum("omy,mcx->ocyx", v.weight[:, :, :, 0], h.weight[:, :, 0, :])
         bias = None
         if h.bias is not None or v.bias is not None:
@@ -52,8 +53,8 @@ def dense_filters(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None,
 
 @torch.no_grad()
 def equivalent_dense_conv(module: nn.Module) -> nn.Conv2d:
-    """An ``nn.Conv2d`` computing exactly what ``module`` computes (the fused deploy form)."""
-    if isinstance(module, SeparableConv2d) and module.horizontal.bias is not None and module.horizontal.bias.any():
+    """The dense form of ``module``: one ``nn.Conv2d`` computing exactly what it computes."""
+    if isinstance(module, SeparableConv2d) and module.conv_1xk.bias is not None and module.conv_1xk.bias.any():
         raise ConfigError(
             "equivalent_dense_conv: this SeparableConv2d's 1xk conv has a non-zero bias, which the kx1 conv's "
             "zero padding cuts off at the borders, so no single conv equals it; keep it factorized"

@@ -1,6 +1,7 @@
-"""Composite-layer weight initialization (Ioannou et al., docs/reference.md §1.2).
+"""Weight initialization of a whole model: ``init_weights_`` (Ioannou et al., docs/reference.md §1.2).
 
-He et al. (2015) initialization generalized to layers made of groups of
+Every conv, linear, batch-norm and rank-1 layer is initialized. The rule for composite
+layers is He et al. (2015) initialization generalized to layers made of groups of
 differently-shaped filters. On the backward pass the gradient reaching the
 input of a composite layer is the sum of every group's contribution, so all
 groups share one std computed from the *sum over groups*:
@@ -22,16 +23,19 @@ fan-out rule on a 10-way classifier fed by 1024 features would give
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ._deprecation import renamed_function
 from .composite import CompositeConv2d
+from .fold import BATCH_NORM_TYPES
 from .rank1 import Rank1Conv2d
 
 InitMode = Literal["fan_out", "fan_in"]
+INIT_MODES: tuple[InitMode, ...] = get_args(InitMode)
 
 
 def composite_fan(layer: CompositeConv2d, mode: InitMode = "fan_out") -> list[int]:
@@ -58,8 +62,8 @@ def _normal_(module: nn.Conv2d | nn.Linear, n_hat: int, gain: float) -> None:
 
 
 @torch.no_grad()
-def init_composite_(module: nn.Module, mode: InitMode = "fan_out", gain: float = math.sqrt(2.0)) -> nn.Module:
-    """Initialize every conv/linear layer in ``module`` in place; returns ``module``.
+def init_weights_(module: nn.Module, mode: InitMode = "fan_out", gain: float = math.sqrt(2.0)) -> nn.Module:
+    """Initialize every conv, linear, batch-norm and rank-1 layer in ``module`` in place; returns ``module``.
 
     Composite layers get the shared-``n_hat`` rule of docs/reference.md §1.2 for their basis
     groups and plain He init for their join; every other ``nn.Conv2d`` gets
@@ -68,8 +72,8 @@ def init_composite_(module: nn.Module, mode: InitMode = "fan_out", gain: float =
     variance of the equivalent dense conv. Biases are zeroed;
     batch-norm layers are reset to weight 1, bias 0.
     """
-    if mode not in ("fan_out", "fan_in"):
-        raise ConfigError(f"init_composite_: mode must be 'fan_out' or 'fan_in', got {mode!r}")
+    if mode not in INIT_MODES:
+        raise ConfigError(f"init_weights_: mode must be {' or '.join(map(repr, INIT_MODES))}, got {mode!r}")
     handled: set[nn.Module] = set()
     for sub in module.modules():
         if isinstance(sub, CompositeConv2d):
@@ -80,7 +84,11 @@ def init_composite_(module: nn.Module, mode: InitMode = "fan_out", gain: float =
             sub.reset_parameters(mode)
         elif isinstance(sub, (nn.Conv2d, nn.Linear)) and sub not in handled:
             _normal_(sub, _plain_fan(sub, mode), gain)
-        elif isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.affine:
+        elif isinstance(sub, BATCH_NORM_TYPES) and sub.affine:
             nn.init.ones_(sub.weight)
             nn.init.zeros_(sub.bias)
     return module
+
+
+init_composite_ = renamed_function(init_weights_, "init_composite_")
+"""Deprecated alias of :func:`init_weights_` (it never initialized composite layers only)."""
