@@ -42,6 +42,7 @@ from .layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableCo
 from .layers.conv_from_weights import ChainSpatial
 from .layers.fold import BATCH_NORM_TYPES, count_calls, fold_batchnorms_
 from .layers.fuse import equivalent_dense_conv
+from .models.cfg import model_cfg
 from .timing import inference_fn, interleaved
 
 Target = Literal["factorized", "dense", "auto"]
@@ -129,14 +130,9 @@ def _time_forms(forms: dict[str, nn.Module], shape: torch.Size, channels_last: b
 
 
 def _default_input_shape(model: nn.Module) -> tuple[int, int, int, int] | None:
-    """Batch 1 at the registered model's native size, or ``None`` for a model not built by ``create_model``."""
-    from .models import list_models, model_info
-
-    name = getattr(model, "model_name", None)
-    if name not in list_models():
-        return None
-    info = model_info(name)
-    return (1, getattr(model, "in_chans", info.in_chans), info.input_size, info.input_size)
+    """Batch 1 at the input size the model declares (``model.default_cfg``), or ``None`` if it declares none."""
+    cfg = model_cfg(model)
+    return None if cfg is None else (1, cfg.in_chans, cfg.input_size, cfg.input_size)
 
 
 def _rank1_form(rank1: str, stacklevel: int) -> Rank1Deploy:

@@ -34,6 +34,7 @@ from torch import nn
 from .data.checks import MAX_INPUT_SIZE
 from .errors import ConfigError, LowRankCNNError, ShapeError
 from .layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
+from .models.cfg import model_label
 from .tables import format_table
 
 Convention = Literal["standard", "paper"]
@@ -280,7 +281,7 @@ def profile(
         model.train(was_training)
         for h in handles:
             h.remove()
-    name = getattr(model, "model_name", type(model).__name__)
+    name = model_label(model)
     total_params = sum(p.numel() for p in model.parameters())
     has_rank1 = any(isinstance(m, Rank1Conv2d) for m in model.modules())
     return ProfileResult(

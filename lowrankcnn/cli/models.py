@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models import create_model, list_models, model_info
+from ..models.published import compare_published
 from ..profiling import Convention, ProfileResult, Rank1Form, profile
 from ..tables import format_table
 from .common import add_command, json_parent
@@ -39,48 +40,30 @@ def cmd_models(args: argparse.Namespace) -> None:
     names = list_models(args.pattern)
     if not names:
         raise ConfigError(f"no model matches {args.pattern!r}; run `lowrankcnn models` to list them all")
-    rows = []
-    for name in names:
-        info = model_info(name)
-        result = _profile_model(name, args, "standard")
-        published = info.published.get("macs")
-        native = args.input_size in (None, info.input_size) and args.width_mult == 1.0
-        if published is not None and native and args.num_classes in (None, info.num_classes):
-            comparable = _profile_model(name, args, "paper", training=info.published_in_training).macs
-        else:
-            published = comparable = None
-        rows.append(
-            {
-                "model": name,
-                "input_size": result.input_size[-1],
-                "params": result.params,
-                "macs": result.macs,
-                "paper_convention_macs": comparable,
-                "published_macs": published,
-                "vs_published": None if published is None else comparable / published - 1.0,
-            }
-        )
+    checks = [
+        compare_published(name, args.input_size, args.num_classes, args.in_chans, args.width_mult) for name in names
+    ]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([c.to_dict() for c in checks], indent=2))
         return
     head = ("model", "input", "params", "MACs", "paper-convention MACs", "published MACs", "vs published")
     body = [
         (
-            r["model"],
-            str(r["input_size"]),
-            f"{r['params']:,}",
-            f"{r['macs']:,}",
+            c.model,
+            str(c.input_size),
+            f"{c.params:,}",
+            f"{c.macs:,}",
             *(
                 ("-", "-", "")
-                if r["published_macs"] is None
+                if c.published_macs is None
                 else (
-                    f"{r['paper_convention_macs']:,}",
-                    f"{r['published_macs']:,}",
-                    "exact" if r["vs_published"] == 0 else f"{100 * r['vs_published']:+.1f}%",
+                    f"{c.paper_convention_macs:,}",
+                    f"{c.published_macs:,}",
+                    "exact" if c.vs_published == 0 else f"{100 * c.vs_published:+.1f}%",
                 )
             ),
         )
-        for r in rows
+        for c in checks
     ]
     print(format_table(head, body, left=1, rules=False))
 

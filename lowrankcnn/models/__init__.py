@@ -1,6 +1,8 @@
 """Architectures registered by name; build them with ``create_model``."""
 
 from . import googlenet, kim, nin, vgg  # noqa: F401  (registering the families)
+from .cfg import ModelCfg, model_cfg
+from .published import PublishedCheck, compare_published
 from .registry import (
     ModelInfo,
     create_model,
@@ -13,10 +15,14 @@ from .registry import (
 from .spec import ModelSpec
 
 __all__ = [
+    "ModelCfg",
     "ModelInfo",
     "ModelSpec",
+    "PublishedCheck",
+    "compare_published",
     "create_model",
     "list_models",
+    "model_cfg",
     "model_info",
     "register_model",
     "scale_width",

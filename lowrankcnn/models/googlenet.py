@@ -21,6 +21,7 @@ from torch import nn
 
 from ..layers import CompositeConv2d
 from ._common import check_input
+from .cfg import model_label
 from .registry import register_model, scale_width
 
 
@@ -168,7 +169,7 @@ class GoogLeNet(nn.Module):
         return sum(p.numel() for p in self.parameters() if id(p) not in skip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | GoogLeNetOutputs:
-        check_input(x, getattr(self, "model_name", "GoogLeNet"), self.in_chans, self.min_input_size)
+        check_input(x, model_label(self), self.in_chans, self.min_input_size)
         x = self.stem(x)
         aux: list[torch.Tensor] = []
         for name, block in self.blocks.named_children():
@@ -186,6 +187,7 @@ _NOTE = (
     "final classifier."
 )
 _GOOGLENET = {
+    "classifier": "fc",
     "published_in_training": True,
     "kwargs_of": GoogLeNet,
     "user_kwargs": ("aux_logits", "dropout"),
@@ -201,7 +203,12 @@ _LR_NOTE = (
 
 
 @register_model(
-    224, 1000, {"macs": 1_591_056_680, "test_params": 5_973_552, "top1": 0.677, "top5": 0.883}, _NOTE, **_GOOGLENET
+    224,
+    1000,
+    published={"macs": 1_591_056_680, "test_params": 5_973_552, "top1": 0.677, "top5": 0.883},
+    notes=_NOTE,
+    baseline=None,
+    **_GOOGLENET,
 )
 def googlenet(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> GoogLeNet:
     """Caffe's bvlc_googlenet (inception 3a-5b, auxiliary heads at 4a and 4d)."""
@@ -209,7 +216,12 @@ def googlenet(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.
 
 
 @register_model(
-    224, 1000, {"macs": 1_178_239_528, "test_params": 3_503_664, "top1": 0.673, "top5": 0.880}, _LR_NOTE, **_GOOGLENET
+    224,
+    1000,
+    published={"macs": 1_178_239_528, "test_params": 3_503_664, "top1": 0.673, "top5": 0.880},
+    notes=_LR_NOTE,
+    baseline="googlenet",
+    **_GOOGLENET,
 )
 def googlenet_lr(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> GoogLeNet:
     """GoogLeNet with every inception 3x3 -> 3x1|1x3 halves and 5x5 -> 5x1|1x5 halves."""
@@ -217,7 +229,12 @@ def googlenet_lr(num_classes: int = 1000, in_chans: int = 3, width_mult: float =
 
 
 @register_model(
-    224, 1000, {"macs": 837_542_440, "test_params": 3_421_872, "top1": 0.659, "top5": 0.870}, _LR_NOTE, **_GOOGLENET
+    224,
+    1000,
+    published={"macs": 837_542_440, "test_params": 3_421_872, "top1": 0.659, "top5": 0.870},
+    notes=_LR_NOTE,
+    baseline="googlenet",
+    **_GOOGLENET,
 )
 def googlenet_lr_conv1(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> GoogLeNet:
     """googlenet_lr plus conv1 7x7 -> 7x1|1x7 halves and conv2 3x3 -> 3x1|1x3 halves."""

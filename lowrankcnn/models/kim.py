@@ -33,6 +33,7 @@ from ..errors import ConfigError, ShapeError
 from ..layers import ConsecutiveConv2d, Rank1Conv2d
 from ..layers.rank1 import Rank1Scheme
 from ._common import check_input
+from .cfg import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, model_label
 from .registry import register_model, scale_width
 
 ConvFactory = Callable[[int, int, bool], nn.Module]
@@ -64,11 +65,11 @@ class _FixedInputNet(nn.Module):
 
     in_chans: int
     input_size: int
-    min_size = 4
+    min_input_size = 4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        name = getattr(self, "model_name", type(self).__name__)
-        check_input(x, name, self.in_chans, self.min_size)
+        name = model_label(self)
+        check_input(x, name, self.in_chans, self.min_input_size)
         if x.shape[-2:] != (self.input_size, self.input_size):
             raise ShapeError(
                 f"{name}: built for {self.input_size}x{self.input_size} inputs (its fc1 size depends on it), "
@@ -84,7 +85,7 @@ class KimCifarNet(_FixedInputNet):
     ``bn=False`` drops the three batch-norm layers (for the trainability experiment).
     """
 
-    min_size = 8
+    min_input_size = 8
 
     def __init__(
         self,
@@ -167,8 +168,8 @@ class KimMnistNet(_FixedInputNet):
         )
 
 
-_CIFAR_NOTE = (
-    "Authors' released notebook (docs/reference.md §2.2): best logged test accuracy; their code kept dropout on at "
+_NOTE = (
+    "Authors' released notebooks (docs/reference.md §2.2): best logged test accuracy; their code kept dropout on at "
     "test time and measured accuracy on random batches, so treat it as approximate."
 )
 
@@ -177,37 +178,57 @@ RECIPE = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 
 """What trains these nets from the command line: the authors' Adam at 1e-3 (decoupled weight decay), no dropout."""
 
 
-def _register_family(
-    net: type[_FixedInputNet], dataset: str, size: int, chans: int, published: dict[str, dict], user_kwargs: tuple
-) -> None:
-    for kind in ("rank1", "dense", "flat"):
-        name = f"kim_{kind}_{dataset}"
+def _builder(net: type[_FixedInputNet], kind: str, chans: int) -> Callable[..., nn.Module]:
+    """The registered builder of one flavour; only the rank-1 flavour takes the rank-1 keywords."""
+    if kind == "rank1":
 
-        def builder(
+        def build(
             num_classes: int = 10,
             in_chans: int = chans,
             width_mult: float = 1.0,
             rank1_scheme: Rank1Scheme = "factors",
             shared_spatial: bool = True,
-            _kind: str = kind,
             **kwargs,
         ) -> nn.Module:
-            conv = conv_factory(_kind, rank1_scheme, shared_spatial)
-            return net(conv, num_classes, in_chans, width_mult, **kwargs)
+            return net(conv_factory(kind, rank1_scheme, shared_spatial), num_classes, in_chans, width_mult, **kwargs)
 
-        builder.__name__ = name
-        builder.__doc__ = f"Kim et al.'s {dataset.upper()} net with {kind} 3x3 convs ({net.__doc__.splitlines()[0]})"
+    else:
+
+        def build(num_classes: int = 10, in_chans: int = chans, width_mult: float = 1.0, **kwargs) -> nn.Module:
+            return net(conv_factory(kind), num_classes, in_chans, width_mult, **kwargs)
+
+    return build
+
+
+def _register_family(
+    net: type[_FixedInputNet],
+    dataset: str,
+    size: int,
+    chans: int,
+    normalization: tuple[tuple[float, ...], tuple[float, ...]],
+    published: dict[str, dict],
+    user_kwargs: tuple,
+) -> None:
+    for kind in ("rank1", "dense", "flat"):
+        name = f"kim_{kind}_{dataset}"
+        build = _builder(net, kind, chans)
+        build.__name__ = build.__qualname__ = name
+        build.__doc__ = f"Kim et al.'s {dataset.upper()} net with {kind} 3x3 convs ({net.__doc__.splitlines()[0]})"
         register_model(
             size,
             10,
-            published.get(kind, {}),
-            _CIFAR_NOTE,
             in_chans=chans,
-            min_input_size=net.min_size,
+            min_input_size=net.min_input_size,
+            mean=normalization[0],
+            std=normalization[1],
+            classifier="classifier.fc3",
+            baseline=None if kind == "dense" else f"kim_dense_{dataset}",
+            published=published.get(kind, {}),
+            notes=_NOTE,
             kwargs_of=net,
             user_kwargs=user_kwargs,
             recipe=RECIPE,
-        )(builder)
+        )(build)
 
 
 _register_family(
@@ -215,7 +236,10 @@ _register_family(
     "cifar10",
     32,
     3,
+    (CIFAR10_MEAN, CIFAR10_STD),
     {"rank1": {"top1": 0.8388}, "dense": {"top1": 0.8643}},
     ("input_size", "dropout", "bn"),
 )
-_register_family(KimMnistNet, "mnist", 28, 1, {"rank1": {"top1": 0.9923}}, ("input_size", "dropout"))
+_register_family(
+    KimMnistNet, "mnist", 28, 1, (MNIST_MEAN, MNIST_STD), {"rank1": {"top1": 0.9923}}, ("input_size", "dropout")
+)

@@ -18,6 +18,7 @@ from torch import nn
 from ..layers import CompositeConv2d, Rank1Conv2d
 from ..layers.rank1 import Rank1Scheme
 from ._common import check_input
+from .cfg import CIFAR10_MEAN, CIFAR10_STD, model_label
 from .registry import register_model, scale_width
 
 SpatialConv = Callable[[int, int, int], nn.Module]
@@ -101,7 +102,7 @@ class NiN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, getattr(self, "model_name", "NiN"), self.in_chans, self.min_input_size)
+        check_input(x, model_label(self), self.in_chans, self.min_input_size)
         return torch.flatten(self.pool(self.features(x)), 1)
 
 
@@ -110,6 +111,10 @@ _RECIPE = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "model_kwargs
 """What trains NiN from the command line: with the paper's plain structure (ReLU after the class maps, no batch
 norm, dropout 0.5) SGD stays near chance for the first epochs; batch norm, no dropout and AdamW learn at once."""
 _NIN = {
+    "notes": _NOTE,
+    "mean": CIFAR10_MEAN,
+    "std": CIFAR10_STD,
+    "classifier": "features.cccp6",
     "kwargs_of": NiN,
     "user_kwargs": ("dropout", "bn"),
     "min_input_size": NiN.min_input_size,
@@ -117,13 +122,13 @@ _NIN = {
 }
 
 
-@register_model(30, 10, {"macs": 192_859_658, "params": 966_986, "top1": 0.9188}, _NOTE, **_NIN)
+@register_model(30, 10, published={"macs": 192_859_658, "params": 966_986, "top1": 0.9188}, baseline=None, **_NIN)
 def nin(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> NiN:
     """NiN as in Caffe: conv1 5x5,192; conv2 5x5,192; conv3 3x3,192."""
     return NiN(dense_conv, dense_conv, None, dense_conv, (5, 5, 3), num_classes, in_chans, width_mult, **kwargs)
 
 
-@register_model(30, 10, {"macs": 143_093_450, "params": 773_642, "top1": 0.9186}, _NOTE, **_NIN)
+@register_model(30, 10, published={"macs": 143_093_450, "params": 773_642, "top1": 0.9186}, baseline="nin", **_NIN)
 def nin_c3(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> NiN:
     """NiN with 3x3 convs: conv1 3x3,192; conv2 -> 3x3 (96->192) then composite 3x1,96 | 1x3,96.
 
@@ -135,7 +140,7 @@ def nin_c3(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, **
     return NiN(dense_conv, dense_conv, lowrank_conv, dense_conv, (3, 3, 3), num_classes, in_chans, width_mult, **kwargs)
 
 
-@register_model(30, 10, {"macs": 104_261_834, "params": 438_410, "top1": 0.9178}, _NOTE, **_NIN)
+@register_model(30, 10, published={"macs": 104_261_834, "params": 438_410, "top1": 0.9178}, baseline="nin", **_NIN)
 def nin_c3_lr(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> NiN:
     """nin_c3 with conv1, both conv2 layers and conv3 as composite 3x1,96 | 1x3,96 (192 out)."""
     return NiN(
@@ -143,7 +148,7 @@ def nin_c3_lr(num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0,
     )
 
 
-@register_model(30, 10, **_NIN)
+@register_model(30, 10, baseline="nin", **_NIN)
 def nin_rank1(
     num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0, rank1_scheme: Rank1Scheme = "factors", **kwargs
 ) -> NiN:

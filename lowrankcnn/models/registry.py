@@ -23,9 +23,10 @@ from torch import nn
 
 from ..data.checks import MAX_INPUT_SIZE
 from ..errors import ConfigError
-from ..layers import init_composite_
+from ..layers import init_weights_
 from ..layers.init import InitMode
 from ..utils.annotations import describe, fits
+from .cfg import IMAGENET_MEAN, IMAGENET_STD, ModelCfg
 
 MAX_WIDTH_MULT = 64.0
 """Largest ``width_mult`` accepted (VGG-11 at 64x has 32,768-channel convs); larger values are mistakes."""
@@ -44,27 +45,34 @@ class ModelInfo:
         name: registry name.
         input_size: native square input size (224 for ILSVRC models, 30 for NiN's CIFAR crops).
         num_classes: native number of classes.
+        in_chans: native number of input channels.
+        min_input_size: smallest square input the architecture accepts.
+        mean, std: normalization of the native data set (ImageNet, CIFAR-10, MNIST).
+        classifier: dotted name of the layer producing the logits.
+        baseline: the dense twin the model is compared with (``None`` for a dense model).
         published: figures from the source paper (``macs``, ``params``, ``top1``, ...), if any.
         notes: how the published figures relate to this implementation.
         published_in_training: the published MACs count training-only parts
             (GoogLeNet's auxiliary heads), so compare with ``profile(..., training=True)``.
-        in_chans: native number of input channels.
-        min_input_size: smallest square input the architecture accepts.
         kwargs: the keyword arguments users may pass to ``create_model`` and their annotations.
         recipe: training settings (``TrainConfig`` fields, ``model_kwargs`` included) that make this model
             learn; used where a run does not set them.
-        init_mode: the composite-init rule ``create_model`` uses by default (``"fan_in"`` where fan-out
+        init_mode: the init rule ``create_model`` uses by default (``"fan_in"`` where fan-out
             init makes the activations grow through the network, as in GoogLeNet).
     """
 
     name: str
     input_size: int
     num_classes: int
-    published: dict[str, float] = field(default_factory=dict)
-    notes: str = ""
-    published_in_training: bool = False
     in_chans: int = 3
     min_input_size: int = 1
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    classifier: str = "classifier"
+    baseline: str | None = None
+    published: Mapping[str, float] = field(default_factory=dict)
+    notes: str = ""
+    published_in_training: bool = False
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     recipe: Mapping[str, Any] = field(default_factory=dict)
     init_mode: InitMode = "fan_out"
@@ -93,12 +101,16 @@ def _user_kwargs(fn: Callable[..., nn.Module], kwargs_of: type | None, names: tu
 def register_model(
     input_size: int,
     num_classes: int,
-    published: dict[str, float] | None = None,
+    *,
+    in_chans: int = 3,
+    min_input_size: int = 1,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    classifier: str = "classifier",
+    baseline: str | None = None,
+    published: Mapping[str, float] | None = None,
     notes: str = "",
     published_in_training: bool = False,
-    in_chans: int = 3,
-    *,
-    min_input_size: int = 1,
     kwargs_of: type | None = None,
     user_kwargs: tuple[str, ...] = (),
     recipe: Mapping[str, Any] | None = None,
@@ -106,9 +118,8 @@ def register_model(
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a builder ``fn(num_classes, in_chans, width_mult, **kwargs)`` under its name.
 
-    ``kwargs_of`` and ``user_kwargs`` declare the keywords ``**kwargs`` forwards (see the module doc);
-    ``recipe`` gives training settings that make the model learn and ``init_mode`` its default init rule
-    (see :class:`ModelInfo`).
+    Every argument but the native input size and class count is a keyword (see :class:`ModelInfo`);
+    ``kwargs_of`` and ``user_kwargs`` declare the keywords ``**kwargs`` forwards (see the module doc).
     """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -116,17 +127,21 @@ def register_model(
             raise ConfigError(f"register_model: {fn.__name__!r} is already registered")
         _builders[fn.__name__] = fn
         _infos[fn.__name__] = ModelInfo(
-            fn.__name__,
-            input_size,
-            num_classes,
-            dict(published or {}),
-            notes,
-            published_in_training,
-            in_chans,
-            min_input_size,
-            _user_kwargs(fn, kwargs_of, user_kwargs),
-            dict(recipe or {}),
-            init_mode,
+            name=fn.__name__,
+            input_size=input_size,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            min_input_size=min_input_size,
+            mean=tuple(mean),
+            std=tuple(std),
+            classifier=classifier,
+            baseline=baseline,
+            published=dict(published or {}),
+            notes=notes,
+            published_in_training=published_in_training,
+            kwargs=_user_kwargs(fn, kwargs_of, user_kwargs),
+            recipe=dict(recipe or {}),
+            init_mode=init_mode,
         )
         return fn
 
@@ -219,6 +234,10 @@ def create_model(
         **kwargs: the model's own keywords (``model_info(name).kwargs``, e.g. ``dropout``), checked by
             :func:`validate_model_kwargs`.
 
+    Returns:
+        The model, carrying its interface (input size, normalization, classifier, dense twin) as
+        ``model.default_cfg`` (:class:`~lowrankcnn.models.cfg.ModelCfg`).
+
     Raises:
         ConfigError: an unknown model, a bad size or keyword, or weights that would not fit in this
             machine's memory (checked on the meta device before anything is allocated).
@@ -241,8 +260,18 @@ def create_model(
                 param="width_mult",
             )
     model = build()
-    model.model_name = name
-    return init_composite_(model, mode=init_mode or info.init_mode)  # type: ignore[arg-type]
+    model.default_cfg = ModelCfg(
+        name=name,
+        num_classes=classes,
+        in_chans=in_chans,
+        input_size=int(kwargs.get("input_size", info.input_size)),  # type: ignore[call-overload]
+        min_input_size=info.min_input_size,
+        mean=info.mean if in_chans == info.in_chans else None,
+        std=info.std if in_chans == info.in_chans else None,
+        classifier=info.classifier,
+        baseline=info.baseline,
+    )
+    return init_weights_(model, mode=init_mode or info.init_mode)  # type: ignore[arg-type]
 
 
 def scale_width(channels: float, width_mult: float) -> int:

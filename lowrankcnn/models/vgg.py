@@ -24,6 +24,7 @@ from torch import nn
 from ..layers import CompositeConv2d, Rank1Conv2d, SeparableConv2d
 from ..layers.rank1 import Rank1Scheme
 from ._common import check_input
+from .cfg import model_label
 from .registry import register_model, scale_width
 
 ConvRule = Callable[[int, int, int], nn.Module]
@@ -142,12 +143,14 @@ class VGG(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, getattr(self, "model_name", "VGG"), self.in_chans, 1)
+        check_input(x, model_label(self), self.in_chans, 1)
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
 _VGG_NOTE = "Published ILSVRC figures (Ioannou et al. 2016); MACs in the paper convention (+1 per bias)."
 _VGG = {
+    "notes": _VGG_NOTE,
+    "classifier": "classifier.fc8",
     "kwargs_of": VGG,
     "user_kwargs": ("dropout", "bn", "fc_width"),
     # the paper's plain VGG (no batch norm, dropout 0.5) needs many epochs to leave chance on small runs
@@ -159,55 +162,55 @@ def _published(macs: int, params: int, top1: float, top5: float) -> dict[str, fl
     return {"macs": macs, "params": params, "top1": top1, "top5": top5}
 
 
-@register_model(224, 1000, _published(7_609_101_992, 132_863_336, 0.649, 0.862), _VGG_NOTE, **_VGG)
+@register_model(224, 1000, published=_published(7_609_101_992, 132_863_336, 0.649, 0.862), baseline=None, **_VGG)
 def vgg11(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """VGG-11 (configuration A): 3x3 convs, 2x2 max pools, fc6 on 7x7x512."""
     return VGG(dense_rule, num_classes, in_chans, width_mult, global_max_pool=False, **kwargs)
 
 
-@register_model(224, 1000, _published(7_508_438_696, 32_200_040, 0.685, 0.887), _VGG_NOTE, **_VGG)
+@register_model(224, 1000, published=_published(7_508_438_696, 32_200_040, 0.685, 0.887), baseline=None, **_VGG)
 def vgg11_gmp(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """VGG-11 with a global max pool before fc6 (the paper's improved baseline)."""
     return VGG(dense_rule, num_classes, in_chans, width_mult, **kwargs)
 
 
-@register_model(224, 1000, _published(6_525_794_664, 29_658_024, 0.673, 0.879), _VGG_NOTE, **_VGG)
+@register_model(224, 1000, published=_published(6_525_794_664, 29_658_024, 0.673, 0.879), baseline="vgg11_gmp", **_VGG)
 def vgg11_gmp_sf(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """vgg11_gmp with every conv as 1x3, D -> 3x1, D (sequential separable)."""
     return VGG(sf_rule, num_classes, in_chans, width_mult, **kwargs)
 
 
-@register_model(224, 1000, _published(2_518_134_440, 26_054_888, 0.676, 0.880), _VGG_NOTE, **_VGG)
+@register_model(224, 1000, published=_published(2_518_134_440, 26_054_888, 0.676, 0.880), baseline="vgg11_gmp", **_VGG)
 def vgg11_gmp_lr(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """vgg11_gmp with every conv as the composite 3x1, D/2 | 1x3, D/2."""
     return VGG(lr_rule, num_classes, in_chans, width_mult, **kwargs)
 
 
-@register_model(224, 1000, _published(3_136_795_304, 31_298_792, 0.693, 0.889), _VGG_NOTE, **_VGG)
+@register_model(224, 1000, published=_published(3_136_795_304, 31_298_792, 0.693, 0.889), baseline="vgg11_gmp", **_VGG)
 def vgg11_gmp_lr_2x(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """vgg11_gmp_lr with conv5a/b doubled: 3x1, 512 | 1x3, 512 (1024 out), fc6 1024x4096."""
     return VGG(lr_rule, num_classes, in_chans, width_mult, conv5_width_factor=2, **kwargs)
 
 
-@register_model(224, 1000, _published(3_854_023_016, 27_257_768, 0.675, 0.880), _VGG_NOTE, **_VGG)
+@register_model(224, 1000, published=_published(3_854_023_016, 27_257_768, 0.675, 0.880), baseline="vgg11_gmp", **_VGG)
 def vgg11_gmp_lr_join(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """vgg11_gmp_lr with each composite layer joined by a 1x1, D conv (no activation between)."""
     return VGG(lr_join_rule, num_classes, in_chans, width_mult, **kwargs)
 
 
-@register_model(224, 1000, _published(6_336_823_656, 37_184_712, 0.704, 0.897), _VGG_NOTE, **_VGG)
+@register_model(224, 1000, published=_published(6_336_823_656, 37_184_712, 0.704, 0.897), baseline="vgg11_gmp", **_VGG)
 def vgg11_gmp_lr_join_wfull(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """3x1, 3D/8 | 1x3, 3D/8 | 3x3, D/4 -> 1x1, D; conv5a/b doubled (384|384|256 -> 1024)."""
     return VGG(wfull_rule, num_classes, in_chans, width_mult, conv5_width_factor=2, **kwargs)
 
 
-@register_model(224, 1000, _published(1_024_052_248, 26_444_584, 0.667, 0.875), _VGG_NOTE, **_VGG)
+@register_model(224, 1000, published=_published(1_024_052_248, 26_444_584, 0.667, 0.875), baseline="vgg11_gmp", **_VGG)
 def vgg11_gmp_lr_lde(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> VGG:
     """Low-dimensional embedding: 3x1, 3D/4 | 1x3, 3D/4 | 3x3, D/4 -> 1x1, D/2; conv1 stride 2."""
     return VGG(lde_rule, num_classes, in_chans, width_mult, conv1_stride=2, **kwargs)
 
 
-@register_model(224, 1000, **_VGG)
+@register_model(224, 1000, baseline="vgg11_gmp", **_VGG)
 def vgg11_gmp_rank1(
     num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, rank1_scheme: Rank1Scheme = "factors", **kwargs
 ) -> VGG:

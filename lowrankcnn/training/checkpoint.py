@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import nn
 from ..data import DataBundle
 from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, LowRankCNNError
 from ..models import model_info
+from ..models.cfg import model_cfg
 from ..utils import atomic_write_bytes
 from .config import TrainConfig
 
@@ -165,7 +167,8 @@ def data_info(data: DataBundle) -> dict[str, Any]:
 
 
 def build_model(config: TrainConfig, info: dict[str, Any]) -> nn.Module:
-    """The model a run trains, freshly initialized: ``config.model`` sized for the data set in ``info``.
+    """The model a run trains, freshly initialized: ``config.model`` sized for the data set in ``info``,
+    its ``default_cfg`` carrying that data's input size and normalization.
 
     A model with an ``input_size`` keyword (a fixed-input net) is built for the data's input size
     unless the run's ``model_kwargs`` set it.
@@ -173,7 +176,17 @@ def build_model(config: TrainConfig, info: dict[str, Any]) -> nn.Module:
     spec = config.model_spec(info["num_classes"], info["in_chans"])
     if "input_size" in model_info(config.model).kwargs and "input_size" not in spec.kwargs:
         spec = spec.with_kwargs(input_size=info["input_size"])
-    return spec.create()
+    model = spec.create()
+    cfg = model_cfg(model)
+    if cfg is not None:  # the model declares the data it is trained on
+        mean, std = info.get("mean"), info.get("std")
+        model.default_cfg = replace(
+            cfg,
+            input_size=info["input_size"],
+            mean=None if mean is None else tuple(mean),
+            std=None if std is None else tuple(std),
+        )
+    return model
 
 
 def load_state(model: nn.Module, weights: dict[str, torch.Tensor], path: str | Path, name: str) -> None:
