@@ -28,6 +28,7 @@ from .errors import ConfigError, ShapeError
 from .layers import Rank1Conv2d
 from .layers.fuse import FUSABLE, dense_filters
 from .profiling import outermost_units
+from .tables import format_table
 
 
 @dataclass
@@ -122,3 +123,23 @@ def output_rank(model: nn.Module, images: torch.Tensor, rtol: float = 1e-6) -> l
 
 def _is_dense_conv_like(module: nn.Module) -> bool:
     return not isinstance(module, nn.Conv2d) or (module.groups == 1 and module.dilation == (1, 1))
+
+
+def rank_table(rows: list[RankRow]) -> str:
+    """The rows of :func:`output_rank` as a text table, each bound marked as holding or not."""
+    head = ("layer", "kind", "C_in", "C_out", "rank H[X]", "rank W", "rank Y", "min(H,W) bound", "paper bound")
+    body = [
+        [
+            r.name,
+            r.kind,
+            str(r.in_channels),
+            str(r.out_channels),
+            str(r.input_rank),
+            str(r.weight_rank),
+            str(r.output_rank),
+            f"{r.bound} {'ok' if r.bound_holds else 'VIOLATED'}",
+            "-" if r.paper_bound is None else f"{r.paper_bound} {'ok' if r.paper_bound_holds else 'exceeded'}",
+        ]
+        for r in rows
+    ]
+    return format_table(head, body, left=2)

@@ -136,3 +136,14 @@ def test_interrupt_hints_work_as_written(tmp_path, epoch):
         again = _cli(command.split()[1:])
     assert again.returncode == 0, again.stderr
     assert load_checkpoint(out)["epoch"] == 2
+
+
+def test_fit_twice_is_a_no_op_and_a_closed_trainer_refuses(tmp_path):
+    """A second fit() used to run on a torn-down process group; the lifecycle is the context manager's."""
+    from lowrankcnn.errors import RunDirectoryError
+
+    with Trainer(tiny_vgg_config(tmp_path / "run", epochs=1)) as trainer:
+        first = trainer.fit()
+        assert trainer.fit() == first and len(first) == 1
+    with pytest.raises(RunDirectoryError, match="is closed"):
+        trainer.fit()

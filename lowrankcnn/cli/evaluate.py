@@ -7,10 +7,9 @@ from collections.abc import Callable
 
 import torch
 
-from ..analysis import output_rank
+from ..analysis import output_rank, rank_table
 from ..data import DATASETS, DataBundle, build_data
 from ..evaluate import check_data_matches, evaluate, most_confused
-from ..tables import format_table
 from ..training import TrainConfig, load_trained_model
 from .common import add_command, positive_int, set_threads, threads_parent
 
@@ -76,26 +75,11 @@ def cmd_rank(args: argparse.Namespace) -> None:
     model, config, state, data = _trained_model_and_test_data(args, args.images, args.images, 0)
     images = torch.cat([x for x, _ in data.test])
     rows = output_rank(model, images)
-    head = ("layer", "kind", "C_in", "C_out", "rank H[X]", "rank W", "rank Y", "min(H,W) bound", "paper bound")
-    body = [
-        [
-            r.name,
-            r.kind,
-            str(r.in_channels),
-            str(r.out_channels),
-            str(r.input_rank),
-            str(r.weight_rank),
-            str(r.output_rank),
-            f"{r.bound} {'ok' if r.bound_holds else 'VIOLATED'}",
-            "-" if r.paper_bound is None else f"{r.paper_bound} {'ok' if r.paper_bound_holds else 'exceeded'}",
-        ]
-        for r in rows
-    ]
     print(
         f"{config.model} (epoch {state['epoch']}): output ranks on {images.shape[0]} {data.name} test images "
         f"({rows[0].positions if rows else 0} positions at the first layer)"
     )
-    print(format_table(head, body, left=2))
+    print(rank_table(rows))
 
 
 MAX_RANK_IMAGES = 1024

@@ -83,6 +83,7 @@ class Trainer:
         self.run = RunDirectory(config.out)
         self.run_dir = self.run.path
         self._threads_before = torch.get_num_threads()
+        self._closed = False
         is_main = env_info().is_main
         if not resume:
             config.validate()
@@ -344,6 +345,11 @@ class Trainer:
         If it raises (divergence, Ctrl-C, a failed rank), the trainer is closed: its state is mid-epoch,
         so continue with a new one (:meth:`resume`), which starts from the last committed epoch.
         """
+        if self._closed:
+            raise RunDirectoryError(
+                f"this trainer of {self.run_dir} is closed (its process group and lock are released); "
+                "continue with Trainer.resume(run_dir)"
+            )
         c = self.config
         try:
             if self.dist.is_main:
@@ -375,6 +381,7 @@ class Trainer:
 
     def close(self) -> None:
         """Leave the process group, release the run directory and restore the thread count (idempotent)."""
+        self._closed = True
         teardown()
         self.run.unlock()
         torch.set_num_threads(self._threads_before)
