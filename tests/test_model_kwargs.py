@@ -7,7 +7,7 @@ import torch
 
 from lowrankcnn import create_model, model_info
 from lowrankcnn.cli import main
-from lowrankcnn.cli.train import parse_model_kwarg
+from lowrankcnn.cli.common import parse_model_kwarg
 from lowrankcnn.errors import ConfigError
 from lowrankcnn.models import validate_model_kwargs
 

@@ -3,12 +3,66 @@
 from __future__ import annotations
 
 import argparse
+import ast
 from collections.abc import Callable, Sequence
 
 import torch
 
 from ..distributed import default_threads
+from ..models import ModelSpec
 from ..training.config import MAX_THREADS
+
+_WORDS = {"true": True, "yes": True, "false": False, "no": False, "none": None}
+
+
+def parse_model_kwarg(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> ``(KEY, value)``: ``true/false/yes/no/none`` (any case) -> bool/None, a Python literal
+    (``0.3``, ``(1, 2)``) -> its value, anything else -> the string. Types are checked against the model later."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. shared_spatial=false), got {text!r}")
+    if value.strip().lower() in _WORDS:
+        return key, _WORDS[value.strip().lower()]
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return key, value
+
+
+def model_parent(width_default: float | None = 1.0) -> argparse.ArgumentParser:
+    """``--width-mult`` and ``--model-kwargs KEY=VALUE ...``: how a registered model is built."""
+    p = argparse.ArgumentParser(add_help=False)
+    default = "the model's recipe, else 1.0" if width_default is None else f"{width_default:g}"
+    p.add_argument("--width-mult", type=float, default=width_default, help=f"channel width multiplier ({default})")
+    p.add_argument(
+        "--model-kwargs",
+        nargs="+",
+        type=parse_model_kwarg,
+        metavar="KEY=VALUE",
+        help="model keywords, e.g. shared_spatial=false bn=true (true/false/yes/no, numbers, strings; checked "
+        "against the model)",
+    )
+    return p
+
+
+def shape_parent() -> argparse.ArgumentParser:
+    """``--input-size``, ``--num-classes``, ``--in-chans`` of a model built without data."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--input-size", type=int, default=None, help="square input size (default: the model's native size)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's native count)")
+    p.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's native count)")
+    return p
+
+
+def model_spec(args: argparse.Namespace, name: str) -> ModelSpec:
+    """The :class:`ModelSpec` the flags of :func:`model_parent` and :func:`shape_parent` describe for ``name``."""
+    return ModelSpec(
+        name,
+        getattr(args, "num_classes", None),
+        getattr(args, "in_chans", None),
+        1.0 if args.width_mult is None else args.width_mult,
+        dict(args.model_kwargs or []),
+    )
 
 
 def positive_int(text: str) -> int:

@@ -6,26 +6,19 @@ import argparse
 import json
 from typing import get_args
 
-import torch
-
 from ..errors import ConfigError
-from ..models import create_model, list_models, model_info
+from ..models import list_models, model_cfg
 from ..models.published import compare_published
 from ..profiling import Convention, ProfileResult, Rank1Form, profile
 from ..tables import format_table
-from .common import add_command, json_parent
+from .common import add_command, json_parent, model_parent, model_spec, shape_parent
 
 
-def _build_meta(name: str, args: argparse.Namespace) -> torch.nn.Module:
-    """The model on the meta device: shapes only, nothing allocated or computed."""
-    with torch.device("meta"):
-        return create_model(name, num_classes=args.num_classes, in_chans=args.in_chans, width_mult=args.width_mult)
-
-
-def _profile_model(name: str, args: argparse.Namespace, convention: str, training: bool | None = None) -> ProfileResult:
-    size = model_info(name).input_size if args.input_size is None else args.input_size
-    training = args.training if training is None else training
-    return profile(_build_meta(name, args), size, convention=convention, training=training, rank1_form=args.rank1_form)
+def _profile_model(name: str, args: argparse.Namespace, convention: str) -> ProfileResult:
+    """Count ``name`` as the flags describe it, built on the meta device (nothing allocated or computed)."""
+    model = model_spec(args, name).create("meta")
+    size = model_cfg(model).input_size if args.input_size is None else args.input_size
+    return profile(model, size, convention=convention, training=args.training, rank1_form=args.rank1_form)
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -37,6 +30,8 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
+    if args.model_kwargs:
+        raise ConfigError("$model_kwargs differ from model to model: give them to `lowrankcnn profile MODEL`")
     names = list_models(args.pattern)
     if not names:
         raise ConfigError(f"no model matches {args.pattern!r}; run `lowrankcnn models` to list them all")
@@ -68,12 +63,8 @@ def cmd_models(args: argparse.Namespace) -> None:
     print(format_table(head, body, left=1, rules=False))
 
 
-def _model_shape_parent() -> argparse.ArgumentParser:
+def _counting_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--input-size", type=int, default=None, help="square input size (default: the model's native size)")
-    p.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's native count)")
-    p.add_argument("--in-chans", type=int, default=None, help="input channels (default: the model's native count)")
-    p.add_argument("--width-mult", type=float, default=1.0, help="channel width multiplier (default 1.0)")
     p.add_argument("--training", action="store_true", help="count training-only parts (GoogLeNet's auxiliary heads)")
     p.add_argument(
         "--rank1-form",
@@ -85,7 +76,7 @@ def _model_shape_parent() -> argparse.ArgumentParser:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parents = [_model_shape_parent(), json_parent()]
+    parents = [shape_parent(), model_parent(), _counting_parent(), json_parent()]
     p = add_command(sub, "profile", cmd_profile, "per-layer parameters and MACs of a model", parents)
     p.add_argument("model", help="registry name, e.g. vgg11_gmp_lr")
     p.add_argument(

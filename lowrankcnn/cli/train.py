@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import ast
+import typing
 from pathlib import Path
 
 from ..data import DATASETS
 from ..demo import compare
 from ..errors import ConfigError
+from ..layers.rank1 import Rank1Scheme
 from ..training import OPTIMIZERS, SCHEDULES, TrainConfig, Trainer, recipe_config
 from ..training.config import PROJECT_UNITS
-from .common import add_command, explicit_flags, positive_int, threads_parent
+from .common import add_command, explicit_flags, model_parent, positive_int, threads_parent
 
 RESUME_FLAGS = {"resume", "epochs", "workers", "data_dir", "no_progress", "progress"}
 """Flags that may accompany ``--resume``; every other one would change the saved run and is refused."""
-_WORDS = {"true": True, "yes": True, "false": False, "no": False, "none": None}
-
-
-def parse_model_kwarg(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` -> ``(KEY, value)``: ``true/false/yes/no/none`` (any case) -> bool/None, a Python literal
-    (``0.3``, ``(1, 2)``) -> its value, anything else -> the string. Types are checked against the model later."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. shared_spatial=false), got {text!r}")
-    if value.strip().lower() in _WORDS:
-        return key, _WORDS[value.strip().lower()]
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return key, value
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict[str, object]:
@@ -142,8 +128,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         threads=args.threads,
         model_kwargs={"bn": not args.no_bn, "dropout": args.dropout},
     )
-    _, table = compare(args.dense, args.lowrank, base, args.out, progress=args.progress, overwrite=args.overwrite)
-    print(table)
+    summary = compare(args.dense, args.lowrank, base, args.out, progress=args.progress, overwrite=args.overwrite)
+    print(summary.text())
     print(f"\nwritten: {args.out}/summary.md, {args.out}/curves.png")
 
 
@@ -157,7 +143,8 @@ def _progress_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "train", cmd_train, "train a zoo model from scratch (torchrun-aware)", [threads_parent()])
+    parents = [threads_parent(), model_parent(width_default=None)]
+    p = add_command(sub, "train", cmd_train, "train a zoo model from scratch (torchrun-aware)", parents)
     p.allow_abbrev = False  # --resume refuses flags it cannot honour: they must be recognisable
     p.set_defaults(interrupt_hint=_interrupt_hint)
     p.add_argument("--model", help="registry name, e.g. vgg11_gmp_lr")
@@ -172,7 +159,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt (with --epochs: extend it)"
     )
-    p.add_argument("--width-mult", type=float)
     p.add_argument("--epochs", type=int, help="(default: the model's recipe, else 10)")
     p.add_argument("--batch-size", type=int, help="global batch size, split over torchrun ranks (default 128)")
     p.add_argument("--lr", type=float, help="(default: the model's recipe, else 0.02)")
@@ -195,21 +181,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--rank1-scheme",
-        choices=("factors", "projected"),
+        choices=typing.get_args(Rank1Scheme),
         help="rank-1 models: train the 1-D factors (default) or the 3-D filters with re-projection",
     )
     p.add_argument(
         "--project-every", type=int, help="projected scheme: re-project every N epochs (or steps, --project-unit)"
     )
     p.add_argument("--project-unit", choices=PROJECT_UNITS)
-    p.add_argument(
-        "--model-kwargs",
-        nargs="+",
-        type=parse_model_kwarg,
-        metavar="KEY=VALUE",
-        help="more model keywords, e.g. shared_spatial=false (true/false/yes/no, numbers, strings; checked "
-        "against the model)",
-    )
     p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--seed", type=int)
