@@ -46,7 +46,7 @@ def figure_format(out: str | Path, param: str = "out") -> str:
     """
     from matplotlib.figure import Figure
 
-    from .export import check_output_file
+    from .utils.io import check_output_file
 
     out = check_output_file(out)
     fmt = out.suffix.lstrip(".").lower() or "png"

@@ -116,3 +116,28 @@ def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], object]) ->
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (also when neither exists yet)."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_output_file(out: str | Path) -> Path:
+    """Refuse an output path that is a directory, lies under a file, or is an existing non-regular file (a
+    device such as ``/dev/null``, a pipe, a socket: the atomic rename would replace it by a regular file).
+
+    Raises:
+        OutputError: naming ``out`` and what it is.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise OutputError(f"cannot write {out}: it is a directory; give a file name")
+    if out.exists() and not out.is_file():
+        raise OutputError(f"cannot write {out}: it is a device, pipe or socket, not a regular file; give a file name")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputError(f"cannot write {out}: {parent} is a file, not a folder")
+    return out
