@@ -7,11 +7,12 @@ import torch
 from conftest import rel_err, tiny_kim_config
 from torch import nn
 
-from lowrankcnn import create_model, list_models, profile
+from lowrankcnn import create_model, list_models, model_info, profile
 from lowrankcnn.analysis import output_rank
 from lowrankcnn.cli import main
 from lowrankcnn.layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
 from lowrankcnn.layers.fuse import equivalent_dense_conv
+from lowrankcnn.models import model_cfg
 from lowrankcnn.training import Trainer
 
 
@@ -77,9 +78,10 @@ def test_kim_rank1_unshared_spatial_option():
     assert profile(unshared, 32).params == profile(shared, 32).params + extra
 
 
-@pytest.mark.parametrize("name, size", [("vgg11_gmp_rank1", 28), ("nin_rank1", 30)])
+@pytest.mark.parametrize("name", [n for n in list_models() if "rank1_scheme" in model_info(n).kwargs])
 @pytest.mark.parametrize("scheme", ["factors", "projected"])
-def test_rank1_zoo_options(name, size, scheme):
+def test_rank1_zoo_options(name, scheme):
+    size = model_cfg(create_model(name, width_mult=0.125)).input_size
     model = create_model(name, num_classes=10, in_chans=1, width_mult=0.125, rank1_scheme=scheme)
     layers = [m for m in model.modules() if isinstance(m, Rank1Conv2d)]
     assert layers and all(m.scheme == scheme for m in layers)
