@@ -29,6 +29,7 @@ from .layers import Rank1Conv2d
 from .layers.fuse import FUSABLE, dense_filters
 from .profiling import outermost_units
 from .tables import format_table
+from .utils.probe import probe
 
 
 @dataclass
@@ -76,8 +77,6 @@ def output_rank(model: nn.Module, images: torch.Tensor, rtol: float = 1e-6) -> l
         raise ConfigError(f"output_rank: $rtol must be a number in (0, 1), got {rtol!r}", param="rtol")
     if images.dim() != 4 or images.shape[0] == 0:
         raise ShapeError(f"output_rank: $images must be a non-empty batch (N, C, H, W), got {tuple(images.shape)}")
-    was_training = model.training
-    model.eval()
     units = {m: n for m, n in outermost_units(model).items() if isinstance(m, FUSABLE) and _is_dense_conv_like(m)}
     captured: dict[nn.Module, torch.Tensor] = {}
 
@@ -85,12 +84,8 @@ def output_rank(model: nn.Module, images: torch.Tensor, rtol: float = 1e-6) -> l
         captured.setdefault(module, inputs[0].detach())
 
     handles = [m.register_forward_hook(keep_input) for m in units]
-    try:
-        model(images)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    refusal = f"output_rank: the model does not run on $images shaped {tuple(images.shape)}"
+    probe(model, handles, refusal, "give images the model takes", "images", lambda: model(images), training=False)
     rows = []
     for module, name in units.items():
         if module not in captured:

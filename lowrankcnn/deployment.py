@@ -37,13 +37,14 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from .errors import ConfigError, LowRankCNNError, ShapeError
+from .errors import ConfigError, LowRankCNNError
 from .layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
 from .layers.conv_from_weights import ChainSpatial
 from .layers.fold import BATCH_NORM_TYPES, count_calls, fold_batchnorms_
 from .layers.fuse import equivalent_dense_conv
 from .models.cfg import model_cfg
 from .timing import inference_fn, interleaved
+from .utils.probe import probe, zeros_for
 
 Target = Literal["factorized", "dense", "auto"]
 Rank1Deploy = Literal["depthwise", "chain"]
@@ -99,23 +100,16 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dict[nn.Modu
     def record(module: nn.Module, args: tuple) -> None:
         shapes.setdefault(module, args[0].shape)
 
-    param = next(model.parameters(), None)
-    x = torch.zeros(input_shape, device=param.device if param is not None else None)
+    x = zeros_for(model, tuple(input_shape))
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, LOW_RANK)]
-    try:
-        calls = count_calls(model, lambda: model(x))
-    except LowRankCNNError:
-        raise
-    except RuntimeError as err:  # a plain torch layer refusing the shape
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise ShapeError(
-            f"deploy: the model does not run on a batch shaped {tuple(input_shape)} ({first}); "
-            "pass the $input_shape it takes",
-            param="input_shape",
-        ) from err
-    finally:
-        for hook in hooks:
-            hook.remove()
+    calls = probe(
+        model,
+        hooks,
+        f"deploy: the model does not run on a batch shaped {tuple(input_shape)}",
+        "pass the $input_shape it takes",
+        "input_shape",
+        lambda: count_calls(model, lambda: model(x)),
+    )
     return dict(calls), shapes
 
 

@@ -32,10 +32,11 @@ import torch
 from torch import nn
 
 from .data.checks import MAX_INPUT_SIZE
-from .errors import ConfigError, LowRankCNNError, ShapeError
+from .errors import ConfigError
 from .layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
 from .models.cfg import model_label
 from .tables import format_table
+from .utils.probe import probe, zeros_for
 
 Convention = Literal["standard", "paper"]
 Rank1Form = Literal["decomposed", "assembled"]
@@ -261,26 +262,15 @@ def profile(
 
     handles = [m.register_forward_hook(leaf_hook) for m in owner]
     handles += [m.register_forward_hook(unit_hook) for m in units]
-    was_training = model.training
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    try:
-        model.train(training)
-        model(torch.zeros((1, *size), device=device, dtype=dtype))
-    except LowRankCNNError:
-        raise
-    except RuntimeError as err:  # a plain torch layer refusing the shape (e.g. a channel mismatch)
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise ShapeError(
-            f"profile: {type(model).__name__} does not run on a (1, {', '.join(map(str, size))}) input ({first}); "
-            "check $input_size and $in_chans",
-            param="input_size",
-        ) from err
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    probe(
+        model,
+        handles,
+        f"profile: {type(model).__name__} does not run on a (1, {', '.join(map(str, size))}) input",
+        "check $input_size and $in_chans",
+        "input_size",
+        lambda: model(zeros_for(model, (1, *size))),
+        training=training,
+    )
     name = model_label(model)
     total_params = sum(p.numel() for p in model.parameters())
     has_rank1 = any(isinstance(m, Rank1Conv2d) for m in model.modules())
