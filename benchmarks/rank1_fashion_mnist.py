@@ -15,19 +15,17 @@ batch 64 >= 3x faster than the dense twin; rank-1 accuracy within 1.5 pp of dens
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from _common import base_config, made_by
 
-from lowrankcnn.deployment import deploy
+from lowrankcnn.bench import MEMORY_FORMATS, measure
 from lowrankcnn.plot import plot_curves
 from lowrankcnn.profiling import profile
 from lowrankcnn.tables import format_table, markdown_table
-from lowrankcnn.timing import inference_fn, interleaved
 from lowrankcnn.training import TrainConfig, Trainer, load_trained_model
 from lowrankcnn.utils import atomic_write_text
 
@@ -105,6 +103,8 @@ def main() -> None:
     parser.add_argument(
         "--no-bn-epochs", type=int, help="epochs of the no-batch-norm runs (default: --epochs; 0 skips them)"
     )
+    parser.add_argument("--train-subset", type=int, help="use the first N training images (a quick check)")
+    parser.add_argument("--test-subset", type=int, help="use the first N test images (a quick check)")
     parser.add_argument("--runs", default="runs/bench_rank1")
     parser.add_argument("--results", default="results/rank1_fashion_mnist")
     parser.add_argument(
@@ -113,59 +113,38 @@ def main() -> None:
     args = parser.parse_args()
     runs, results = Path(args.runs), Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    base = TrainConfig(
-        model="",
-        out="",
-        width_mult=args.width_mult,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        input_size=32,
-        project_every=args.project_every,
-        project_unit=args.project_unit,
-    )
+    base = base_config(args, input_size=32)
     train = not args.summarize_only
     labels = ["dense", *[v for v in args.variants if v != "dense"]]
     variants = {label: VARIANTS[label] for label in labels}
     finished = train_all(variants, base, runs, extra={"dropout": args.dropout}, train=train)
 
-    batch = torch.randn(64, 1, 32, 32)
-    batch_cl = batch.contiguous(memory_format=torch.channels_last)
-    fns = {}
-    for label, run in finished.items():  # every model timed in both memory formats; the faster one counts
-        for fmt, x, channels_last in (("NCHW", batch, False), ("NHWC", batch_cl, True)):
-            deployed = deploy(run.model, "auto", channels_last=channels_last, input_shape=tuple(x.shape))
-            fns[(label, fmt)] = inference_fn(deployed, x)
-    raw = interleaved(fns, repeats=20, warmup=3)
-    timings, formats = {}, {}
-    for label in finished:
-        fmt = min(("NCHW", "NHWC"), key=lambda f: raw[(label, f)].median)
-        timings[label], formats[label] = raw[(label, fmt)], fmt
-    dense = finished["dense"]
-    dense_epoch = statistics.median(r["epoch_time_s"] for r in dense.history)
+    # Every model deployed and timed in both memory formats in one interleaved run; the faster format counts.
+    models = {label: run.model for label, run in finished.items()}
+    measured = measure(
+        models, (64, 1, 32, 32), "dense", deploy="auto", memory_formats=MEMORY_FORMATS, count="given", repeats=20
+    )
+    dense_epoch = statistics.median(r["epoch_time_s"] for r in finished["dense"].history)
     rows, stats = [], {}
     for label, run in finished.items():
-        dec, asm = profile(run.model, 32), profile(run.model, 32, rank1_form="assembled")
+        m = measured[label]  # params and MACs of the trained model, rank-1 layers decomposed
+        assembled = profile(run.model, 32, rank1_form="assembled").macs
         epoch_s = statistics.median(r["epoch_time_s"] for r in run.history)
         train_ips = statistics.median(r["train_images_per_s"] for r in run.history)
-        infer_ips = 64 / timings[label].median
-        speedup = timings["dense"].median / timings[label].median
-        stats[label] = (run.history[-1]["test_acc"], epoch_s / dense_epoch, speedup)
+        assert m.speedup is not None
+        stats[label] = (run.history[-1]["test_acc"], epoch_s / dense_epoch, m.speedup)
         rows.append(
             [
                 label,
                 f"{100 * run.history[-1]['test_acc']:.2f}%",
-                f"{dec.params:,}",
-                f"{asm.macs:,}",
-                f"{dec.macs:,}",
+                f"{m.params:,}",
+                f"{assembled:,}",
+                f"{m.macs:,}",
                 f"{train_ips:.0f}",
                 f"{epoch_s / dense_epoch:.2f}x",
-                f"{infer_ips:.0f}",
-                f"{stats[label][2]:.2f}x",
-                f"{100 * timings[label].spread:.0f}%",
+                f"{m.images_per_s:.0f}",
+                f"{m.speedup:.2f}x",
+                f"{100 * m.timing.spread:.0f}%",
             ]
         )
     head = (
@@ -209,16 +188,10 @@ def main() -> None:
             f"- {label}: accuracy {100 * (acc - acc_dense):+.2f} pp vs dense (target within 1.5 pp): "
             f"{'met' if acc_dense - acc <= 0.015 else 'MISSED'}",
         ]
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    made_by = f"```sh\n{command}\n```"
-    if args.summarize_only:
-        made_by = (
-            f"```sh\n{command.replace(' --summarize-only', '')}\n```\n\nwith the tables (and the inference "
-            f"timings) rebuilt from its finished runs on a quiet machine by\n\n```sh\n{command}\n```"
-        )
+    data = f"the first {args.train_subset} images of Fashion-MNIST" if args.train_subset else "full Fashion-MNIST"
     recipe = (
         'Kim et al.\'s CIFAR net ("rank-1": the authors\' shared spatial vectors; "per-filter": one vertical and '
-        f"one horizontal vector per filter) at width_mult {args.width_mult} on full Fashion-MNIST zero-padded to "
+        f"one horizontal vector per filter) at width_mult {args.width_mult} on {data} zero-padded to "
         "32x32; "
         f"{args.epochs} epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr} (cosine), weight decay "
         f"{args.weight_decay}, dropout {args.dropout}, random crops + flips, seed {args.seed}; training "
@@ -231,7 +204,7 @@ def main() -> None:
     )
     atomic_write_text(
         results / "README.md",
-        f"# Rank-1 CNNs on Fashion-MNIST\n\nMade by:\n\n{made_by}\n\n{recipe}\n\n"
+        f"# Rank-1 CNNs on Fashion-MNIST\n\nMade by:\n\n{made_by(args.summarize_only, 'the tables')}\n\n{recipe}\n\n"
         f"{markdown_table(head, rows)}\n\n" + "\n".join(verdicts) + "\n\n![curves](curves.png)\n\n" + nobn_section,
     )
     print("\n".join(verdicts))

@@ -25,15 +25,18 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lowrankcnn.bench import BenchSettings, bench
+from lowrankcnn.bench import MEMORY_FORMATS, BenchSettings, bench, measure
+from lowrankcnn.deployment import factorized_form
 from lowrankcnn.layers import Rank1Conv2d
+from lowrankcnn.models import ModelSpec
+from lowrankcnn.profiling import profile
 from lowrankcnn.tables import markdown_table
-from lowrankcnn.timing import inference_fn, interleaved
 from lowrankcnn.utils import atomic_write_text
 
 VGG_VARIANTS = (
@@ -53,11 +56,12 @@ RANK1_PAIRS = (
 )
 
 
-def run(model: str, baseline: str, quick: bool, **settings) -> dict:
+def run(model: str, baseline: str, quick: bool, width_mult: float = 1.0, **settings) -> dict:
+    """One ``lowrankcnn.bench`` of ``model`` (at ``width_mult``) against ``baseline`` (built alike), as JSON."""
     if quick:
         settings.update(repeats=2, warmup=1, batch_size=min(settings.get("batch_size", 64), 4))
     t = time.perf_counter()
-    result = bench(model, baseline, BenchSettings(**settings)).to_dict()
+    result = bench(ModelSpec(model, width_mult=width_mult), baseline, BenchSettings(**settings)).to_dict()
     print(
         f"{model:24s} vs {baseline:18s} {'train' if result['mode'] == 'train' else 'infer'} "
         f"{result['input_size']:>3}px b{result['batch_size']:<3} w{result['width_mult']:g}"
@@ -134,64 +138,76 @@ def tensorly_cp_layer(dense: nn.Conv2d, rank: int) -> nn.Module | None:
     return layer.eval()
 
 
+def cp_chain(dense: nn.Conv2d, rank: int) -> nn.Sequential:
+    """The convs a CP ``FactorizedConv`` of ``rank`` runs (see :func:`tensorly_cp_layer`) as modules, so that
+    ``profile`` can count them (tensorly-torch calls the convs as functions, which ``profile`` cannot see)."""
+    c_in, c_out, k = dense.in_channels, dense.out_channels, dense.kernel_size[0]
+    return nn.Sequential(
+        nn.Conv2d(c_in, rank, 1, bias=False),
+        nn.Conv2d(rank, rank, (k, 1), padding=(k // 2, 0), groups=rank, bias=False),
+        nn.Conv2d(rank, rank, (1, k), padding=(0, k // 2), groups=rank, bias=False),
+        nn.Conv2d(rank, c_out, 1),
+    )
+
+
 CP_SAME = "tensorly-torch CP rank C_out (factorized)"
 CP_ONE = "tensorly-torch CP rank 1 (factorized)"
-
-
+DENSE = "dense 3x3"
 DEPLOYED_FORMS = ("rank-1 deployed (1x1 + dw 3x3)", "rank-1 deployed (1x1 + dw 3x1 + dw 1x3)")
+MEMORY_NAMES = {"contiguous": "NCHW", "channels_last": "channels-last"}
 
 
 def layer_rows(quick: bool) -> list[dict]:
-    """One rank-1 layer, deployed (fused and chain), vs tensorly-torch CP layers vs the dense conv.
+    """One rank-1 layer, deployed (1x1 + depthwise 3x3, and the 3x1/1x3 chain), vs tensorly-torch CP layers vs
+    the dense conv.
 
-    Every form is timed in both memory formats (NCHW and channels-last) in one interleaved run; speed-ups
-    are against the dense conv in its faster format.
+    Every form is timed in both memory formats (NCHW and channels-last) in one interleaved run
+    (``lowrankcnn.bench.measure``); speed-ups are against the dense conv in its faster format. MACs come from
+    ``lowrankcnn.profile`` (for the CP layers: of the convs they run, :func:`cp_chain`).
     """
     rows = []
     for channels, size, batch in ((64, 32, 64), (128, 16, 64), (256, 8, 64)):
         if quick:
             batch = 4
-        c, positions = channels, size * size
-        macs = {
-            "dense 3x3": c * c * 9 * positions,
-            DEPLOYED_FORMS[0]: (c * c + c * 9) * positions,
-            DEPLOYED_FORMS[1]: (c * c + c * 6) * positions,
-            "rank-1 as trained (assembled 3x3)": c * c * 9 * positions,
-            CP_SAME: (c * c + 6 * c + c * c) * positions,
-            CP_ONE: (c + 6 + c) * positions,
+        rank1 = Rank1Conv2d(channels, channels).eval()
+        dense = nn.Conv2d(channels, channels, 3, padding=1).eval()
+        layers: dict[str, nn.Module | None] = {
+            DENSE: dense,
+            DEPLOYED_FORMS[0]: factorized_form(rank1).eval(),
+            DEPLOYED_FORMS[1]: factorized_form(rank1, "chain").eval(),
+            "rank-1 as trained (assembled 3x3)": rank1,
+            CP_SAME: tensorly_cp_layer(dense, channels),
+            CP_ONE: tensorly_cp_layer(dense, 1),
         }
-        x = torch.randn(batch, channels, size, size)
-        fns = {}
-        for memory, fmt in (("NCHW", torch.contiguous_format), ("channels-last", torch.channels_last)):
-            rank1 = Rank1Conv2d(channels, channels).eval()
-            dense = nn.Conv2d(channels, channels, 3, padding=1).eval()
-            layers: dict[str, nn.Module | None] = {
-                "dense 3x3": dense,
-                DEPLOYED_FORMS[0]: rank1.deploy(fuse_spatial=True).eval(),
-                DEPLOYED_FORMS[1]: rank1.deploy().eval(),
-                "rank-1 as trained (assembled 3x3)": rank1,
-                CP_SAME: tensorly_cp_layer(dense, channels),
-                CP_ONE: tensorly_cp_layer(dense, 1),
-            }
-            for name, m in layers.items():
-                if m is not None:
-                    fns[(name, memory)] = inference_fn(m.to(memory_format=fmt), x.contiguous(memory_format=fmt))
-        timings = interleaved(fns, repeats=3 if quick else 30, warmup=3)
-        base = min(timings[("dense 3x3", m)].median for m in ("NCHW", "channels-last"))
-        for (name, memory), t in timings.items():
-            rows.append(
-                {
-                    "layer": f"{channels}->{channels} 3x3 @ {size}x{size}, batch {batch}",
-                    "form": name,
-                    "memory": memory,
-                    "macs": macs[name],
-                    "latency_ms": t.median * 1e3,
-                    "spread": t.spread,
-                    "speedup_vs_dense": base / t.median,
-                    "mac_ratio": macs["dense 3x3"] / macs[name],
-                }
-            )
-            print(f"{rows[-1]['layer']:34s} {name:42s} {memory:13s} {t.median * 1e3:8.3f} ms {base / t.median:5.2f}x")
+        present = {name: m for name, m in layers.items() if m is not None}
+        measured = measure(
+            present,
+            (batch, channels, size, size),
+            DENSE,
+            deploy="none",
+            memory_formats=MEMORY_FORMATS,
+            repeats=3 if quick else 30,
+        )
+        for cp, rank in ((CP_SAME, channels), (CP_ONE, 1)):
+            if cp in measured:
+                measured[cp] = replace(measured[cp], macs=profile(cp_chain(dense, rank), (channels, size, size)).macs)
+        for name, m in measured.items():
+            for fmt, t in m.timings.items():
+                speedup = m.baseline_seconds / t.median
+                rows.append(
+                    {
+                        "layer": f"{channels}->{channels} 3x3 @ {size}x{size}, batch {batch}",
+                        "form": name,
+                        "memory": MEMORY_NAMES[fmt],
+                        "macs": m.macs,
+                        "latency_ms": t.median * 1e3,
+                        "spread": t.spread,
+                        "speedup_vs_dense": speedup,
+                        "mac_ratio": m.mac_ratio,
+                    }
+                )
+                r = rows[-1]
+                print(f"{r['layer']:34s} {name:42s} {r['memory']:13s} {r['latency_ms']:8.3f} ms {speedup:5.2f}x")
     return rows
 
 

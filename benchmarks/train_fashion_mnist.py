@@ -12,14 +12,25 @@ Targets: dense >= 93.0% test accuracy; low-rank within 0.5 pp with at most 45% o
 from __future__ import annotations
 
 import argparse
-import shlex
 import shutil
-import sys
 from pathlib import Path
 
-from lowrankcnn.demo import compare, summarize
-from lowrankcnn.training import TrainConfig
+from _common import base_config, made_by
+
+from lowrankcnn.demo import Summary, compare, summarize
 from lowrankcnn.utils import atomic_write_text
+
+
+def verdict(summary: Summary) -> str:
+    """The issue's three targets, checked on the dense (first) and low-rank (second) rows."""
+    dense, low = summary.rows
+    dense_acc, gap, mac_fraction = 100 * dense.test_acc, 100 * (dense.test_acc - low.test_acc), 1 / low.mac_ratio
+    return (
+        f"- dense test accuracy {dense_acc:.2f}% (target >= 93.0%): {'met' if dense_acc >= 93.0 else 'MISSED'}\n"
+        f"- low-rank gap {gap:+.2f} pp (target <= 0.5 pp): {'met' if gap <= 0.5 else 'MISSED'}\n"
+        f"- low-rank MACs {100 * mac_fraction:.0f}% of dense (target <= 45%): "
+        f"{'met' if mac_fraction <= 0.45 else 'MISSED'}\n"
+    )
 
 
 def main() -> None:
@@ -33,6 +44,8 @@ def main() -> None:
     parser.add_argument("--bn", action="store_true", help="batch norm after every conv")
     parser.add_argument("--dropout", type=float, default=None, help="FC dropout (default: the model's 0.5)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-subset", type=int, help="use the first N training images (a quick check)")
+    parser.add_argument("--test-subset", type=int, help="use the first N test images (a quick check)")
     parser.add_argument("--runs", default="runs/bench_fashion_mnist", help="where checkpoints go (not committed)")
     parser.add_argument("--results", default="results/fashion_mnist_vgg11", help="committed outputs")
     parser.add_argument(
@@ -40,21 +53,12 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    base = TrainConfig(
-        model="",
-        out="",
-        width_mult=args.width_mult,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        model_kwargs={"bn": args.bn, **({} if args.dropout is None else {"dropout": args.dropout})},
-    )
     if args.summarize_only:
-        rows, table = summarize(args.dense, args.lowrank, args.runs)
+        summary = summarize(args.dense, args.lowrank, args.runs)
     else:
-        rows, table = compare(args.dense, args.lowrank, base, args.runs)
-    print(table)
+        kwargs = {"bn": args.bn, **({} if args.dropout is None else {"dropout": args.dropout})}
+        summary = compare(args.dense, args.lowrank, base_config(args, model_kwargs=kwargs), args.runs)
+    print(summary.text())
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     runs = Path(args.runs)
@@ -63,29 +67,12 @@ def main() -> None:
         for f in ("metrics.csv", "metrics.jsonl", "config.json"):
             (results / name).mkdir(exist_ok=True)
             shutil.copy(runs / name / f, results / name / f)
-    dense_acc, low_acc = (float(r[3].rstrip("%")) for r in rows)
-    mac_fraction = 1 / float(rows[1][7].rstrip("x"))
-    verdict = (
-        f"- dense test accuracy {dense_acc:.2f}% (target >= 93.0%): {'met' if dense_acc >= 93.0 else 'MISSED'}\n"
-        f"- low-rank gap {dense_acc - low_acc:+.2f} pp (target <= 0.5 pp): "
-        f"{'met' if dense_acc - low_acc <= 0.5 else 'MISSED'}\n"
-        f"- low-rank MACs {100 * mac_fraction:.0f}% of dense (target <= 45%): "
-        f"{'met' if mac_fraction <= 0.45 else 'MISSED'}\n"
-    )
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    made_by = f"```sh\n{command}\n```"
-    if args.summarize_only:
-        made_by = (
-            f"```sh\n{command.replace(' --summarize-only', '')}\n```\n\nwith the table (and the inference timings) "
-            f"rebuilt from its finished runs by\n\n```sh\n{command}\n```"
-        )
-    summary = (runs / "summary.md").read_text()
     atomic_write_text(
         results / "README.md",
-        f"# {args.dense} vs {args.lowrank} on Fashion-MNIST\n\nMade by:\n\n{made_by}\n\n"
-        f"{summary}\n{verdict}\n![curves](curves.png)\n",
+        f"# {args.dense} vs {args.lowrank} on Fashion-MNIST\n\nMade by:\n\n{made_by(args.summarize_only)}\n\n"
+        f"{summary.markdown()}\n{verdict(summary)}\n![curves](curves.png)\n",
     )
-    print(verdict)
+    print(verdict(summary))
 
 
 if __name__ == "__main__":

@@ -1,38 +1,50 @@
-"""Side-by-side wall-clock benchmark of a model against a baseline (usually its dense twin).
+r"""Side-by-side wall-clock measurement: the one pipeline that deploys, times, counts and compares models.
 
-Both are built, prepared the same way (deployed for inference, or as trained for
-a training step; optionally channels-last and/or ``torch.compile``d), warmed up,
-then timed interleaved (A, B, A, B, ...) so machine drift hits both alike.
+:func:`measure` takes built models and one input shape. Each model is prepared the same way (deployed for
+inference, or as given for a training step; in every requested memory format; optionally
+``torch.compile``\ d), then all of them are warmed up and timed interleaved (A, B, A, B, ...) in a single
+:func:`~lowrankcnn.timing.interleaved` call, so machine drift hits them alike; each keeps its faster memory
+format. :func:`bench` builds a model and its baseline (usually its dense twin) from :class:`ModelSpec`\ s and
+measures them. ``lowrankcnn bench``, :mod:`lowrankcnn.demo` and the scripts in ``benchmarks/`` all call these.
 
-Conventions: MACs are per image for one forward pass of what actually runs
-(1 MAC = 2 FLOPs); ``mac_ratio = baseline_macs / macs`` is the speed-up the MAC
-count promises; ``speedup = baseline latency / latency`` is what was measured;
-``efficiency = speedup / mac_ratio`` (1.0 means every MAC saved was time saved).
+Conventions: MACs are per image for one forward pass (1 MAC = 2 FLOPs), counted by
+:func:`~lowrankcnn.profile` on what was timed (``count="timed"``: the deployed form; undeployed rank-1
+layers run, and are counted, assembled) or on the models as given (``count="given"``: rank-1 layers counted
+decomposed, ``profile``'s default). ``mac_ratio = baseline MACs / MACs`` is the speed-up the counts promise;
+``speedup = baseline median latency / median latency`` is what was measured; ``efficiency = speedup /
+mac_ratio`` (1.0: every MAC saved was time saved).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Literal, get_args
 
 import torch
+from torch import nn
 
-from .data.checks import check_input_size, check_int
-from .deployment import deploy, deploy_report
+from .data.checks import MAX_BATCH_BYTES, check_input_size, check_int
+from .deployment import LayerChoice, deploy_report
+from .deployment import deploy as deploy_model
 from .errors import ConfigError
-from .models import create_model, model_info
-from .profiling import check_fits_memory, profile
+from .models import ModelSpec, model_info
+from .profiling import check_fits_memory, input_channels, profile
 from .tables import format_table
-from .timing import Timing, inference_fn, interleaved
-from .utils.losses import classification_loss
+from .timing import Timing, inference_fn, interleaved, train_step_fn
 
 BenchDeploy = Literal["none", "factorized", "dense", "auto"]
 DEPLOY_CHOICES: tuple[BenchDeploy, ...] = get_args(BenchDeploy)
+MemoryFormat = Literal["contiguous", "channels_last"]
+MEMORY_FORMATS: tuple[MemoryFormat, ...] = get_args(MemoryFormat)
+Count = Literal["timed", "given"]
+COUNTS: tuple[Count, ...] = get_args(Count)
 MAX_REPEATS = 10_000
 """Most timed (and warm-up) rounds a benchmark takes; more is a typo that would run for days."""
+_TORCH_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def dense_twin(name: str) -> str | None:
@@ -49,9 +61,167 @@ def dense_twin(name: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """One model measured by :func:`measure`: counts per image, seconds per batch, ratios to the baseline."""
+
+    name: str
+    params: int
+    macs: int
+    timing: Timing
+    """Seconds per batch in the faster memory format, ``memory_format``."""
+    batch_size: int
+    memory_format: MemoryFormat
+    timings: Mapping[MemoryFormat, Timing]
+    """Seconds per batch in every memory format tried."""
+    deploy_choices: tuple[LayerChoice, ...] = ()
+    baseline: str | None = None
+    baseline_macs: int | None = None
+    baseline_seconds: float | None = None
+    """The baseline's median seconds per batch."""
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch_size / self.timing.median
+
+    @property
+    def speedup(self) -> float | None:
+        """Baseline median latency / this model's (``None`` without a baseline)."""
+        return self.baseline_seconds / self.timing.median if self.baseline_seconds is not None else None
+
+    @property
+    def mac_ratio(self) -> float | None:
+        """Baseline MACs / this model's MACs: the speed-up the counts promise."""
+        return self.baseline_macs / self.macs if self.baseline_macs is not None and self.macs else None
+
+    @property
+    def efficiency(self) -> float | None:
+        """``speedup / mac_ratio``: 1.0 means every MAC saved was time saved."""
+        speedup, ratio = self.speedup, self.mac_ratio
+        return speedup / ratio if speedup is not None and ratio else None
+
+
+def _check_options(train: bool, deploy: str, repeats: object, warmup: object) -> None:
+    if deploy not in DEPLOY_CHOICES:
+        raise ConfigError(f"bench: $deploy must be one of {', '.join(DEPLOY_CHOICES)}, got {deploy!r}", param="deploy")
+    if train and deploy != "none":
+        raise ConfigError(
+            "bench: a training step times the model as trained; use $deploy=none with $train", param="deploy"
+        )
+    for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+        check_int(name, value, low)
+        if value > MAX_REPEATS:  # type: ignore[operator]
+            raise ConfigError(f"bench: ${name} must be at most {MAX_REPEATS}, got {value}", param=name)
+
+
+def _check_measure(
+    models: Mapping[str, nn.Module], shape: Sequence[int], baseline: str | None, formats: Sequence[str], count: str
+) -> None:
+    if not models or not all(isinstance(m, nn.Module) for m in models.values()):
+        raise ConfigError("measure: $models must map names to nn.Module instances (at least one)", param="models")
+    if baseline is not None and baseline not in models:
+        raise ConfigError(f"measure: $baseline {baseline!r} is not one of {list(models)}", param="baseline")
+    if len(shape) != 4 or not all(type(s) is int and s > 0 for s in shape):
+        raise ConfigError(f"measure: $input_shape must be 4 positive integers (N, C, H, W), got {shape!r}")
+    if 4 * math.prod(shape) > MAX_BATCH_BYTES:
+        raise ConfigError(f"measure: a float32 batch of {tuple(shape)} exceeds {MAX_BATCH_BYTES / 2**30:g} GiB")
+    if isinstance(formats, str) or not formats or len(set(formats)) < len(formats) or set(formats) - {*MEMORY_FORMATS}:
+        raise ConfigError(
+            f"measure: $memory_formats must be distinct values of {MEMORY_FORMATS}, got {formats!r}",
+            param="memory_formats",
+        )
+    if count not in COUNTS:
+        raise ConfigError(f"measure: $count must be one of {', '.join(COUNTS)}, got {count!r}", param="count")
+
+
+def _prepare(
+    model: nn.Module, x: torch.Tensor, fmt: MemoryFormat, train: bool, deploy: BenchDeploy, compile: bool
+) -> tuple[nn.Module, Callable[[], object]]:
+    """The module to time (a deployed or plain copy of ``model``, in ``fmt``) and its zero-argument callable."""
+    x = x.contiguous(memory_format=_TORCH_FORMATS[fmt])
+    if train or deploy == "none":
+        ready = copy.deepcopy(model).eval().to(memory_format=_TORCH_FORMATS[fmt])
+    else:
+        ready = deploy_model(model, deploy, channels_last=fmt == "channels_last", input_shape=tuple(x.shape))
+    timed = torch.compile(ready) if compile else ready
+    if not train:
+        return ready, inference_fn(timed, x)
+    with torch.no_grad():
+        out = ready(x[:1])
+    classes = (out[0] if isinstance(out, tuple) else out).shape[-1]
+    return ready, train_step_fn(timed, x, torch.randint(0, classes, (x.shape[0],)))
+
+
+def measure(
+    models: Mapping[str, nn.Module],
+    input_shape: Sequence[int],
+    baseline: str | None = None,
+    *,
+    train: bool = False,
+    deploy: BenchDeploy = "auto",
+    memory_formats: Sequence[MemoryFormat] = ("contiguous",),
+    compile: bool = False,
+    count: Count = "timed",
+    repeats: int = 15,
+    warmup: int = 3,
+) -> dict[str, Measurement]:
+    """Time ``models`` interleaved on one random float32 batch of ``input_shape`` ``(N, C, H, W)``.
+
+    Inference (``train=False``): each model is deployed (:func:`lowrankcnn.deploy` with target ``deploy``: an
+    eval-mode, BN-folded copy; ``"none"``: an eval-mode copy as given) and timed as a no-grad forward. A training
+    step (``train=True``, needs ``deploy="none"``) is forward + cross-entropy + backward + SGD step on a copy in
+    training mode. The given models are not modified. Every model is prepared in each of ``memory_formats``
+    (``("contiguous", "channels_last")``: both, and the faster one counts); all (model, format) pairs are timed in
+    one interleaved run of ``repeats`` rounds after ``warmup`` untimed ones. Counts follow ``count`` (module doc);
+    ratios are against ``models[baseline]`` (``None``: no ratios). Memory is not checked here; :func:`bench`
+    checks it before building.
+
+    Returns:
+        ``{name: Measurement}`` in the order of ``models``.
+
+    Raises:
+        ConfigError: a bad option, or ``baseline`` not among ``models``. ShapeError: a model refuses the input.
+    """
+    _check_options(train, deploy, repeats, warmup)
+    _check_measure(models, input_shape, baseline, memory_formats, count)
+    x = torch.randn(tuple(input_shape))
+    ready: dict[tuple[str, MemoryFormat], nn.Module] = {}
+    fns: dict[tuple[str, MemoryFormat], Callable[[], object]] = {}
+    for name, model in models.items():
+        for fmt in memory_formats:
+            ready[name, fmt], fns[name, fmt] = _prepare(model, x, fmt, train, deploy, compile)
+    timings = interleaved(fns, repeats=repeats, warmup=warmup)
+    results: dict[str, Measurement] = {}
+    for name, model in models.items():
+        best = min(memory_formats, key=lambda f: timings[name, f].median)
+        winner = ready[name, best]
+        counts = (
+            profile(winner, tuple(input_shape[1:]), rank1_form="assembled")
+            if count == "timed"
+            else profile(model, tuple(input_shape[1:]))
+        )
+        results[name] = Measurement(
+            name=name,
+            params=counts.params,
+            macs=counts.macs,
+            timing=timings[name, best],
+            batch_size=input_shape[0],
+            memory_format=best,
+            timings={f: timings[name, f] for f in memory_formats},
+            deploy_choices=tuple(deploy_report(winner)) if not (train or deploy == "none") else (),
+        )
+    if baseline is None:
+        return results
+    ref = results[baseline]
+    return {
+        name: replace(m, baseline=baseline, baseline_macs=ref.macs, baseline_seconds=ref.timing.median)
+        for name, m in results.items()
+    }
+
+
 @dataclass
 class BenchSettings:
-    """How both models are built and timed.
+    """How :func:`bench` prepares and times both models (what is built is each one's :class:`ModelSpec`).
 
     ``deploy`` applies to inference only ("none" times the modules as trained); a training step
     is forward + cross-entropy + backward + SGD step on the training form.
@@ -63,177 +233,79 @@ class BenchSettings:
     deploy: BenchDeploy = "factorized"
     channels_last: bool = False
     compile: bool = False
-    width_mult: float = 1.0
-    num_classes: int | None = None
-    in_chans: int | None = None
-    model_kwargs: dict = field(default_factory=dict)
     repeats: int = 15
     warmup: int = 3
 
     def validate(self) -> None:
-        """Raise a ``ConfigError`` naming the first setting that is invalid (model arguments are checked by
-        ``create_model``)."""
-        if self.deploy not in DEPLOY_CHOICES:
-            raise ConfigError(
-                f"bench: $deploy must be one of {', '.join(DEPLOY_CHOICES)}, got {self.deploy!r}", param="deploy"
-            )
-        if self.train and self.deploy != "none":
-            raise ConfigError(
-                "bench: a training step times the model as trained; use $deploy=none with $train", param="deploy"
-            )
+        """Raise a ``ConfigError`` naming the first setting that is invalid."""
+        _check_options(self.train, self.deploy, self.repeats, self.warmup)
         check_int("batch_size", self.batch_size, 1)
-        for name, low in (("repeats", 1), ("warmup", 0)):
-            check_int(name, getattr(self, name), low)
-            if getattr(self, name) > MAX_REPEATS:
-                raise ConfigError(
-                    f"bench: ${name} must be at most {MAX_REPEATS}, got {getattr(self, name)}", param=name
-                )
         if self.input_size is not None:
             check_input_size(self.input_size)
-        if not isinstance(self.width_mult, (int, float)) or not math.isfinite(self.width_mult) or self.width_mult <= 0:
-            raise ConfigError(
-                f"bench: $width_mult must be a positive number, got {self.width_mult!r}", param="width_mult"
-            )
 
 
-@dataclass
-class Candidate:
-    """A prepared model: the timed callable and the counts of what it runs."""
-
-    name: str
-    run: Callable[[], object]
-    macs: int
-    params: int
-    choices: list[dict]
+def _label(spec: ModelSpec) -> str:
+    return spec.name + (f" ({', '.join(f'{k}={v}' for k, v in spec.kwargs.items())})" if spec.kwargs else "")
 
 
-def _build(name: str, s: BenchSettings) -> torch.nn.Module:
-    return create_model(name, num_classes=s.num_classes, in_chans=s.in_chans, width_mult=s.width_mult, **s.model_kwargs)
-
-
-def prepare(name: str, s: BenchSettings) -> Candidate:
-    """Build ``name`` and the zero-argument callable that runs one inference batch or training step.
-
-    The model is first built on the meta device (nothing allocated) to check that it, a batch and its
-    activations fit in memory (a ``ConfigError`` naming the setting to lower if not).
-    """
-    size = s.input_size or model_info(name).input_size
-    with torch.device("meta"):
-        meta = _build(name, s)
-    what = f"bench: {name} at width {s.width_mult:g} on batches of {s.batch_size} images of {size}x{size}"
-    check_fits_memory(meta, size, s.batch_size, what, ("batch_size", "input_size", "width_mult"), training=s.train)
-    model = _build(name, s)
-    x = torch.randn(s.batch_size, model.in_chans, size, size)
-    memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
-    x = x.contiguous(memory_format=memory_format)
-    choices: list[dict] = []
-    if s.train:
-        counted = profile(model, size, rank1_form="assembled")  # eval-mode graph: GoogLeNet's aux heads not counted
-        model = model.train().to(memory_format=memory_format)
-        step_model = torch.compile(model) if s.compile else model
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        y = torch.randint(0, s.num_classes or model_info(name).num_classes, (s.batch_size,))
-
-        def run() -> object:
-            optimizer.zero_grad(set_to_none=True)
-            loss = classification_loss(step_model(x), y)
-            loss.backward()
-            optimizer.step()
-            return loss
-
-        return Candidate(name, run, counted.macs, counted.params, choices)
-    model.eval()
-    if s.deploy != "none":
-        model = deploy(model, s.deploy, channels_last=s.channels_last, input_shape=tuple(x.shape))
-        choices = [asdict(c) for c in deploy_report(model)]
-    else:
-        model = model.to(memory_format=memory_format)
-    counted = profile(model, size, in_chans=x.shape[1], rank1_form="assembled")
-    return Candidate(
-        name, inference_fn(torch.compile(model) if s.compile else model, x), counted.macs, counted.params, choices
-    )
-
-
-@dataclass
+@dataclass(frozen=True)
 class BenchResult:
-    """One side-by-side measurement; ``to_dict`` is the JSON form."""
+    """One side-by-side measurement of :func:`bench` (ratios: ``measured.speedup`` etc.); ``to_dict`` is the JSON
+    form, ``table`` the text one."""
 
-    model: str
-    baseline: str | None
+    model: ModelSpec
+    baseline: ModelSpec | None
     settings: BenchSettings
     threads: int
-    macs: int
-    params: int
-    timing: Timing
-    baseline_macs: int | None = None
-    baseline_params: int | None = None
-    baseline_timing: Timing | None = None
-    deploy_choices: list[dict] = field(default_factory=list)
-
-    @property
-    def images_per_s(self) -> float:
-        return self.settings.batch_size / self.timing.median
-
-    @property
-    def baseline_images_per_s(self) -> float | None:
-        return self.settings.batch_size / self.baseline_timing.median if self.baseline_timing else None
-
-    @property
-    def speedup(self) -> float | None:
-        return self.baseline_timing.median / self.timing.median if self.baseline_timing else None
-
-    @property
-    def mac_ratio(self) -> float | None:
-        return self.baseline_macs / self.macs if self.baseline_macs else None
-
-    @property
-    def efficiency(self) -> float | None:
-        return self.speedup / self.mac_ratio if self.speedup and self.mac_ratio else None
+    measured: Measurement
+    baseline_measured: Measurement | None = None
 
     def to_dict(self) -> dict:
-        s = self.settings
+        s, m, b = self.settings, self.measured, self.baseline_measured
         return {
-            "model": self.model,
-            "baseline": self.baseline,
+            "model": self.model.name,
+            "baseline": self.baseline.name if self.baseline else None,
             "mode": "train" if s.train else "inference",
             "input_size": s.input_size,
             "batch_size": s.batch_size,
             "deploy": s.deploy,
             "channels_last": s.channels_last,
             "compile": s.compile,
-            "width_mult": s.width_mult,
+            "width_mult": self.model.width_mult,
+            "model_kwargs": dict(self.model.kwargs),
+            "baseline_kwargs": dict(self.baseline.kwargs) if self.baseline else None,
             "threads": self.threads,
             "repeats": s.repeats,
-            "macs": self.macs,
-            "baseline_macs": self.baseline_macs,
-            "params": self.params,
-            "baseline_params": self.baseline_params,
-            "latency_ms": self.timing.median * 1e3,
-            "latency_spread": self.timing.spread,
-            "baseline_latency_ms": self.baseline_timing.median * 1e3 if self.baseline_timing else None,
-            "baseline_latency_spread": self.baseline_timing.spread if self.baseline_timing else None,
-            "images_per_s": self.images_per_s,
-            "baseline_images_per_s": self.baseline_images_per_s,
-            "mac_ratio": self.mac_ratio,
-            "speedup": self.speedup,
-            "efficiency": self.efficiency,
-            "deploy_choices": self.deploy_choices,
+            "macs": m.macs,
+            "baseline_macs": b.macs if b else None,
+            "params": m.params,
+            "baseline_params": b.params if b else None,
+            "latency_ms": m.timing.median * 1e3,
+            "latency_spread": m.timing.spread,
+            "baseline_latency_ms": b.timing.median * 1e3 if b else None,
+            "baseline_latency_spread": b.timing.spread if b else None,
+            "images_per_s": m.images_per_s,
+            "baseline_images_per_s": b.images_per_s if b else None,
+            "mac_ratio": m.mac_ratio,
+            "speedup": m.speedup,
+            "efficiency": m.efficiency,
+            "deploy_choices": [asdict(c) for c in m.deploy_choices],
         }
 
     def table(self) -> str:
         """Two rows (model, baseline) and a line with the ratios."""
-        rows = [(self.model, self.params, self.macs, self.timing)]
-        if self.baseline_timing is not None:
-            rows.append((self.baseline, self.baseline_params, self.baseline_macs, self.baseline_timing))
+        rows = [(self.model, self.measured)]
+        if self.baseline is not None and self.baseline_measured is not None:
+            rows.append((self.baseline, self.baseline_measured))
         body = [
             [
-                name,
-                f"{params:,}",
-                f"{macs:,}",
-                f"{t.median * 1e3:.2f} ±{t.spread * 100:.0f}%",
-                f"{self.settings.batch_size / t.median:.0f}",
+                _label(spec),
+                f"{m.params:,}",
+                f"{m.macs:,}",
+                f"{m.timing.median * 1e3:.2f} ±{m.timing.spread * 100:.0f}%",
+                f"{m.images_per_s:.0f}",
             ]
-            for name, params, macs, t in rows
+            for spec, m in rows
         ]
         s = self.settings
         what = "training step" if s.train else f"inference (deploy {s.deploy})"
@@ -243,46 +315,79 @@ class BenchResult:
             *(["compiled"] if s.compile else []),
         ]
         lines = [
-            f"{what}, batch {s.batch_size}, input {s.input_size}, width {s.width_mult:g}, {', '.join(extras)}; "
-            f"median of {s.repeats} interleaved runs (± interquartile range)",
+            f"{what}, batch {s.batch_size}, input {s.input_size}, width {self.model.width_mult:g}, "
+            f"{', '.join(extras)}; median of {s.repeats} interleaved runs (± interquartile range)",
             format_table(("model", "params", "MACs/img", "latency ms", "images/s"), body, left=1),
         ]
-        if self.speedup is not None:
+        m = self.measured
+        if m.speedup is not None and m.mac_ratio is not None and m.efficiency is not None:
             lines.append(
-                f"speed-up {self.speedup:.2f}x, MAC ratio {self.mac_ratio:.2f}x, efficiency {self.efficiency:.2f} "
+                f"speed-up {m.speedup:.2f}x, MAC ratio {m.mac_ratio:.2f}x, efficiency {m.efficiency:.2f} "
                 "(speed-up / MAC ratio)"
             )
-        for c in self.deploy_choices:
-            timed = ", ".join(f"{form} {ms:.3f} ms" for form, ms in c["ms"].items())
-            note = f" ({c['note']})" if c.get("note") else ""
-            lines.append(f"  {c['name']}: {c['form']}" + (f" ({timed})" if timed else "") + note)
+        for c in m.deploy_choices:
+            timed = ", ".join(f"{form} {ms:.3f} ms" for form, ms in c.ms.items())
+            note = f" ({c.note})" if c.note else ""
+            lines.append(f"  {c.name}: {c.form}" + (f" ({timed})" if timed else "") + note)
         return "\n".join(lines)
 
 
-def bench(model: str, baseline: str | None = None, settings: BenchSettings | None = None) -> BenchResult:
-    """Time ``model`` against ``baseline`` (interleaved) and return the measurement."""
+def baseline_spec(baseline: str | ModelSpec | None, model: ModelSpec) -> ModelSpec | None:
+    """``baseline`` as a spec: a name is built like ``model`` (classes, input channels, width) with those of
+    ``model``'s keywords it accepts (so ``bn=True`` applies to both); a spec is taken as given."""
+    if baseline is None or isinstance(baseline, ModelSpec):
+        return baseline
+    accepted = model_info(baseline).kwargs
+    kwargs = {k: v for k, v in model.kwargs.items() if k in accepted}
+    return ModelSpec(baseline, model.num_classes, model.in_chans, model.width_mult, kwargs)
+
+
+def bench(
+    model: str | ModelSpec, baseline: str | ModelSpec | None = None, settings: BenchSettings | None = None
+) -> BenchResult:
+    """Build ``model`` and ``baseline`` (see :func:`baseline_spec`) and :func:`measure` them; nothing is
+    allocated before the models, a batch and its activations are known to fit in memory.
+
+    Raises:
+        ConfigError: a bad setting or model argument, a batch that would not fit in memory, or two models that
+            take different input channels.
+    """
     s = settings or BenchSettings()
     s.validate()
-    for name in filter(None, (model, baseline)):
-        model_info(name)  # a ConfigError naming the close matches for an unknown name
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(model)
+    spec.validate()
+    twin = baseline_spec(baseline, spec)
+    if twin is not None:
+        twin.validate()
     if s.input_size is None:  # a copy: the caller's settings stay as given
-        s = replace(s, input_size=model_info(model).input_size)
-    a = prepare(model, s)
-    fns = {"model": a.run}
-    b = prepare(baseline, s) if baseline else None
-    if b is not None:
-        fns["baseline"] = b.run
-    timings = interleaved(fns, repeats=s.repeats, warmup=s.warmup)
-    return BenchResult(
-        model=model,
-        baseline=baseline,
-        settings=s,
-        threads=torch.get_num_threads(),
-        macs=a.macs,
-        params=a.params,
-        timing=timings["model"],
-        baseline_macs=b.macs if b else None,
-        baseline_params=b.params if b else None,
-        baseline_timing=timings.get("baseline"),
-        deploy_choices=a.choices,
+        if spec.info is None:
+            raise ConfigError(f"bench: {spec.name} is not registered; give its $input_size", param="input_size")
+        s = replace(s, input_size=spec.info.input_size)
+    size = s.input_size
+    specs = {"model": spec, **({"baseline": twin} if twin is not None else {})}
+    metas = {key: sp.create("meta") for key, sp in specs.items()}  # nothing allocated yet
+    channels = {input_channels(m) for m in metas.values()}
+    if len(channels) != 1 or None in channels:
+        raise ConfigError(
+            f"bench: {' and '.join(sp.name for sp in specs.values())} do not take the same known number of input "
+            f"channels ({', '.join(map(str, channels))}); set $in_chans",
+            param="in_chans",
+        )
+    in_chans = channels.pop()
+    for key, sp in specs.items():
+        what = f"bench: {sp.name} at width {sp.width_mult:g} on batches of {s.batch_size} images of {size}x{size}"
+        params = ("batch_size", "input_size", "width_mult")
+        check_fits_memory(metas[key], size, s.batch_size, what, params, in_chans=in_chans, training=s.train)
+    built = {key: sp.create() for key, sp in specs.items()}
+    measured = measure(
+        built,
+        (s.batch_size, in_chans, size, size),
+        "baseline" if twin is not None else None,
+        train=s.train,
+        deploy=s.deploy,
+        memory_formats=("channels_last",) if s.channels_last else ("contiguous",),
+        compile=s.compile,
+        repeats=s.repeats,
+        warmup=s.warmup,
     )
+    return BenchResult(spec, twin, s, torch.get_num_threads(), measured["model"], measured.get("baseline"))

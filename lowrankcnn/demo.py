@@ -1,29 +1,69 @@
 """The main job behind ``make demo``: a dense model and its low-rank twin, trained and compared.
 
-Trains both on Fashion-MNIST with the same recipe, then prints one table:
-params, MACs, test accuracy, training images/s, inference images/s of the
-deployed models (measured interleaved in this process), the speed-up over the
-dense twin and the MAC ratio. Writes the
-table to ``OUT/summary.md`` and the training curves to ``OUT/curves.png``.
+Trains both on Fashion-MNIST with the same recipe, then measures them with :func:`lowrankcnn.bench.measure`
+(the deployed models timed interleaved in this process) and reports one :class:`DemoRow` per model: params,
+MACs, test accuracy, training images/s, inference images/s, the speed-up over the dense twin and the MAC
+ratio. :class:`Summary` renders them as a table and writes ``OUT/summary.md``; the training curves go to
+``OUT/curves.png``.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
-from .deployment import deploy
+from .bench import measure
 from .plot import plot_curves
-from .profiling import profile
 from .tables import format_table, markdown_table
-from .timing import inference_fn, interleaved
 from .training import TrainConfig, load_trained_model
 from .training.reuse import train_or_reuse
 from .utils import atomic_write_text
 
 HEAD = ("model", "params", "MACs", "test acc", "train img/s", "infer img/s", "speed-up", "MAC ratio")
+INFER_REPEATS = 15
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    """One trained model of the comparison. Params and MACs per image as built (1 MAC = 2 FLOPs);
+    ``speedup`` and ``mac_ratio`` are against the dense model (its inference images/s, its MACs)."""
+
+    model: str
+    params: int
+    macs: int
+    test_acc: float
+    """Of the last epoch, as a fraction."""
+    train_images_per_s: float
+    """Mean over the epochs."""
+    infer_images_per_s: float
+    speedup: float
+    mac_ratio: float
+
+    def cells(self) -> list[str]:
+        return [
+            self.model,
+            f"{self.params:,}",
+            f"{self.macs:,}",
+            f"{100 * self.test_acc:.2f}%",
+            f"{self.train_images_per_s:.0f}",
+            f"{self.infer_images_per_s:.0f}",
+            f"{self.speedup:.2f}x",
+            f"{self.mac_ratio:.2f}x",
+        ]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The comparison: ``rows`` (dense model first) and ``note``, the recipe and conventions in words."""
+
+    rows: list[DemoRow]
+    note: str
+
+    def text(self) -> str:
+        return format_table(HEAD, [r.cells() for r in self.rows]) + "\n\n" + self.note
+
+    def markdown(self) -> str:
+        return markdown_table(HEAD, [r.cells() for r in self.rows]) + "\n\n" + self.note + "\n"
 
 
 def compare(
@@ -34,8 +74,8 @@ def compare(
     infer_batch: int = 256,
     progress: bool | None = None,
     overwrite: bool = False,
-) -> tuple[list[list[str]], str]:
-    """Train ``dense`` and ``lowrank`` with ``base``'s recipe under ``out/<model>``; return ``summarize``'s result.
+) -> Summary:
+    """Train ``dense`` and ``lowrank`` with ``base``'s recipe under ``out/<model>``; return :func:`summarize`'s result.
 
     Finished runs with the same settings are reused and unfinished ones resumed (``train_or_reuse``), so
     running it twice only redoes the summary; runs made with other settings are refused unless ``overwrite``.
@@ -46,8 +86,8 @@ def compare(
     return summarize(dense, lowrank, out, infer_batch)
 
 
-def summarize(dense: str, lowrank: str, out: str | Path, infer_batch: int = 256) -> tuple[list[list[str]], str]:
-    """Table of the two finished runs ``out/<model>`` (their ``last.pt``); returns (rows, text).
+def summarize(dense: str, lowrank: str, out: str | Path, infer_batch: int = 256) -> Summary:
+    """The comparison of the two finished runs ``out/<model>`` (their ``last.pt``).
 
     Inference is timed on the deployed models (``deploy(model, "auto")``: batch norm folded, each
     low-rank layer in whichever form runs faster here), interleaved in this process. Writes
@@ -58,33 +98,24 @@ def summarize(dense: str, lowrank: str, out: str | Path, infer_batch: int = 256)
     config = runs[dense][1]
     info = runs[dense][2]["data_info"]
     shape = (infer_batch, info["in_chans"], info["input_size"], info["input_size"])
-    deployed = {name: deploy(model, "auto", input_shape=shape) for name, (model, _, _) in runs.items()}
-    timings = interleaved({n: inference_fn(m, torch.randn(shape)) for n, m in deployed.items()}, repeats=15)
-    stats = {}
-    for name, (model, _, state) in runs.items():
-        counts = profile(model, info["input_size"])
-        history = state["history"]
-        stats[name] = {
-            "params": counts.params,
-            "macs": counts.macs,
-            "acc": history[-1]["test_acc"],
-            "train_ips": sum(r["train_images_per_s"] for r in history) / len(history),
-            "infer_ips": infer_batch / timings[name].median,
-        }
-    ref = stats[dense]
-    rows = [
-        [
-            name,
-            f"{s['params']:,}",
-            f"{s['macs']:,}",
-            f"{100 * s['acc']:.2f}%",
-            f"{s['train_ips']:.0f}",
-            f"{s['infer_ips']:.0f}",
-            f"{s['infer_ips'] / ref['infer_ips']:.2f}x",
-            f"{ref['macs'] / s['macs']:.2f}x",
-        ]
-        for name, s in stats.items()
-    ]
+    models = {name: model for name, (model, _, _) in runs.items()}
+    measured = measure(models, shape, dense, deploy="auto", count="given", repeats=INFER_REPEATS)
+    rows = []
+    for name, (_, _, state) in runs.items():
+        m, history = measured[name], state["history"]
+        assert m.speedup is not None and m.mac_ratio is not None  # measured against the dense model
+        rows.append(
+            DemoRow(
+                model=name,
+                params=m.params,
+                macs=m.macs,
+                test_acc=history[-1]["test_acc"],
+                train_images_per_s=sum(r["train_images_per_s"] for r in history) / len(history),
+                infer_images_per_s=m.images_per_s,
+                speedup=m.speedup,
+                mac_ratio=m.mac_ratio,
+            )
+        )
     kwargs = config.model_kwargs
     extras = ("batch norm, " if kwargs.get("bn") else "") + (
         f"dropout {kwargs['dropout']}, " if "dropout" in kwargs else ""
@@ -94,10 +125,10 @@ def summarize(dense: str, lowrank: str, out: str | Path, infer_batch: int = 256)
         f"{config.optimizer} lr {config.lr} ({config.schedule}), seed {config.seed}. Params and MACs per image as "
         "built (1 MAC = 2 FLOPs); inference of the deployed models (`deploy(model, 'auto')`: batch norm folded, "
         f"each low-rank layer factorized or fused, whichever runs faster here) at batch {infer_batch}, median of "
-        "15 interleaved runs; speed-up = inference images/s "
+        f"{INFER_REPEATS} interleaved runs; speed-up = inference images/s "
         f"over {dense}'s; MAC ratio = {dense}'s MACs / the model's MACs (the speed-up the counts promise)."
     )
-    markdown = markdown_table(HEAD, rows) + "\n\n" + note + "\n"
-    atomic_write_text(out / "summary.md", markdown)
+    summary = Summary(rows, note)
+    atomic_write_text(out / "summary.md", summary.markdown())
     plot_curves([out / dense, out / lowrank], out / "curves.png")
-    return rows, format_table(HEAD, rows) + "\n\n" + note
+    return summary

@@ -12,6 +12,7 @@ from lowrankcnn.cli import main
 from lowrankcnn.deployment import deploy
 from lowrankcnn.errors import ConfigError
 from lowrankcnn.export import export_model, onnx_max_abs_diff, torchscript_max_abs_diff
+from lowrankcnn.models import ModelSpec
 from lowrankcnn.training import Trainer
 
 
@@ -85,13 +86,13 @@ def test_dense_twins():
 @pytest.mark.parametrize("train", [False, True])
 def test_bench_reports_consistent_numbers(train):
     settings = BenchSettings(
-        input_size=32, batch_size=4, train=train, deploy="none" if train else "factorized", width_mult=0.125, repeats=3
+        input_size=32, batch_size=4, train=train, deploy="none" if train else "factorized", repeats=3
     )
-    result = bench("vgg11_gmp_lr", "vgg11_gmp", settings)
+    result = bench(ModelSpec("vgg11_gmp_lr", width_mult=0.125), "vgg11_gmp", settings)
     d = result.to_dict()
     for key in ("model", "baseline", "macs", "baseline_macs", "speedup", "efficiency", "images_per_s"):
         assert d[key] is not None
-    assert d["baseline_images_per_s"] > 0 and d["macs"] < d["baseline_macs"]
+    assert d["baseline_images_per_s"] > 0 and d["macs"] < d["baseline_macs"] and d["width_mult"] == 0.125
     assert d["speedup"] == pytest.approx(d["baseline_latency_ms"] / d["latency_ms"])
     assert d["efficiency"] == pytest.approx(d["speedup"] * d["macs"] / d["baseline_macs"])
     assert d["images_per_s"] == pytest.approx(4 / d["latency_ms"] * 1e3)

@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
-from ..bench import DEPLOY_CHOICES, BenchSettings, bench, dense_twin
-from .common import add_command, json_parent, set_threads, threads_parent
+from ..bench import DEPLOY_CHOICES, BenchSettings, baseline_spec, bench, dense_twin
+from ..errors import ConfigError
+from .common import (
+    add_command,
+    json_parent,
+    model_parent,
+    model_spec,
+    parse_model_kwarg,
+    set_threads,
+    shape_parent,
+    threads_parent,
+)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     set_threads(args.threads)
-    baseline = args.baseline if args.baseline != "none" else None
-    if args.baseline is None:
-        baseline = dense_twin(args.model)
+    spec = model_spec(args, args.model)
+    name = dense_twin(args.model) if args.baseline is None else args.baseline
+    baseline = baseline_spec(name if name != "none" else None, spec)
+    if args.baseline_kwargs is not None:
+        if baseline is None:
+            raise ConfigError("$baseline_kwargs given without a baseline", param="baseline_kwargs")
+        baseline = replace(baseline, kwargs=dict(args.baseline_kwargs))
     settings = BenchSettings(
         input_size=args.input_size,
         batch_size=args.batch_size,
@@ -21,13 +36,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         deploy=args.deploy or ("none" if args.train else "factorized"),
         channels_last=args.channels_last,
         compile=args.compile,
-        width_mult=args.width_mult,
-        num_classes=args.num_classes,
-        in_chans=args.in_chans,
         repeats=args.repeats,
         warmup=args.warmup,
     )
-    result = bench(args.model, baseline, settings)
+    result = bench(spec, baseline, settings)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
 
 
@@ -37,15 +49,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         cmd_bench,
         "time a model against a baseline (interleaved): speed-up vs MAC ratio",
-        [threads_parent(), json_parent()],
+        [threads_parent(), json_parent(), shape_parent(), model_parent()],
     )
     p.add_argument("--model", required=True)
-    p.add_argument("--baseline", help="model to compare with (default: the dense twin; 'none' for no baseline)")
-    p.add_argument("--input-size", type=int, help="square input size (default: the model's native size)")
+    p.add_argument(
+        "--baseline",
+        help="model to compare with (default: the dense twin; 'none' for no baseline), built with the model's "
+        "classes, channels, width and the --model-kwargs it accepts",
+    )
+    p.add_argument(
+        "--baseline-kwargs",
+        nargs="*",
+        type=parse_model_kwarg,
+        metavar="KEY=VALUE",
+        help="the baseline's own keywords instead of the --model-kwargs it accepts (none given: its defaults)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--width-mult", type=float, default=1.0)
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--in-chans", type=int)
     p.add_argument("--train", action="store_true", help="time a training step instead of inference")
     p.add_argument("--deploy", choices=DEPLOY_CHOICES, help="inference form (default factorized; 'none' = as trained)")
     p.add_argument("--channels-last", action="store_true")
