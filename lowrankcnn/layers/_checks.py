@@ -35,3 +35,12 @@ def check_layer_input(layer: nn.Module, x: torch.Tensor) -> None:
         raise ShapeError(
             f"{type(layer).__name__}: expected input of shape (N, {layer.in_channels}, H, W), got {tuple(x.shape)}"
         )
+
+
+def conv_arguments(
+    layer: str, in_channels: object, out_channels: object, kernel_size: object, stride: object
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Check a conv layer's channels, kernel size and stride; returns ``((k_h, k_w), (s_h, s_w))``."""
+    positive_int(in_channels, "in_channels", layer)
+    positive_int(out_channels, "out_channels", layer)
+    return positive_pair(kernel_size, "kernel_size", layer), positive_pair(stride, "stride", layer)  # type: ignore[arg-type]

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ._checks import check_layer_input, positive_int, positive_pair
+from ._checks import check_layer_input, conv_arguments
 from ._deprecation import RenamedMembers, warn_renamed
 from .conv_from_weights import ChainSpatial, rank1_chain
 from .decompose import assemble, rank1_factors
@@ -101,13 +101,10 @@ class Rank1Conv2d(_Rank1Chain, nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        positive_int(in_channels, "in_channels", name)
-        positive_int(out_channels, "out_channels", name)
+        self.kernel_size, self.stride = conv_arguments(name, in_channels, out_channels, kernel_size, stride)
         if scheme not in SCHEMES:
             raise ConfigError(f"{name}: scheme must be {' or '.join(map(repr, SCHEMES))}, got {scheme!r}")
         self.in_channels, self.out_channels, self.scheme = in_channels, out_channels, scheme
-        self.kernel_size = positive_pair(kernel_size, "kernel_size", name)
-        self.stride = positive_pair(stride, "stride", name)
         self.padding = ((self.kernel_size[0] - 1) // 2, (self.kernel_size[1] - 1) // 2)
         self.shared_spatial = shared_spatial
         o = torch.arange(out_channels)
@@ -238,11 +235,7 @@ class ConsecutiveConv2d(RenamedMembers, _Rank1Chain, nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        positive_int(in_channels, "in_channels", name)
-        positive_int(out_channels, "out_channels", name)
-        kh, kw = positive_pair(kernel_size, "kernel_size", name)
-        sh, sw = positive_pair(stride, "stride", name)
+        (kh, kw), (sh, sw) = conv_arguments(type(self).__name__, in_channels, out_channels, kernel_size, stride)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.conv_1x1 = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.conv_kx1 = nn.Conv2d(
