@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Literal, get_args
@@ -48,17 +47,8 @@ _TORCH_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.
 
 
 def dense_twin(name: str) -> str | None:
-    """The dense model a zoo model is compared with by default (``None`` for a dense model)."""
-    twins = (
-        (r"kim_(rank1|flat)_(\w+)", r"kim_dense_\2"),
-        (r"vgg11_gmp_.+", "vgg11_gmp"),
-        (r"nin_.+", "nin"),
-        (r"googlenet_.+", "googlenet"),
-    )
-    for pattern, twin in twins:
-        if re.fullmatch(pattern, name):
-            return re.sub(pattern, twin, name)
-    return None
+    """The dense model a zoo model is compared with by default (``ModelInfo.baseline``; ``None`` for a dense model)."""
+    return model_info(name).baseline
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from lowrankcnn.bench import BenchSettings, bench
 from lowrankcnn.deployment import LOW_RANK, deploy_report
 from lowrankcnn.errors import ConfigError, LowRankCNNError, ShapeError
 from lowrankcnn.layers import CompositeConv2d
+from lowrankcnn.models import ModelSpec
 from lowrankcnn.timing import interleaved
 
 
@@ -145,13 +146,17 @@ def test_profile_errors_are_the_librarys():
         BenchSettings(warmup=10**11),
         BenchSettings(input_size=0),
         BenchSettings(input_size=100_000),
-        BenchSettings(width_mult=float("nan")),
         BenchSettings(input_size=4096, batch_size=10_000),  # fits no machine: refused before allocating
     ],
 )
 def test_bench_settings_are_library_errors(settings):
     with pytest.raises(LowRankCNNError):
         bench("kim_rank1_cifar10", None, settings)
+
+
+def test_a_bad_model_spec_is_a_library_error():
+    with pytest.raises(LowRankCNNError, match="width_mult"):
+        bench(ModelSpec("kim_rank1_cifar10", width_mult=float("nan")))
 
 
 def test_timing_repeats_are_checked():
