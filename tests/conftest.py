@@ -1,9 +1,44 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from lowrankcnn.training import TrainConfig
+
+FASHION_MNIST = Path(os.environ.get("LOWRANKCNN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+"""Where the tests read Fashion-MNIST (the Debian package's folder unless the variable says otherwise)."""
+requires_fashion_mnist = pytest.mark.skipif(
+    not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)",
+)
+"""Mark for every test that reads the real data set: skipped, with the command that installs it, when it is missing."""
+
+
+@pytest.fixture(scope="session")
+def tiny_kim_run(tmp_path_factory) -> Path:
+    """One finished one-epoch ``tiny_kim_config`` run, trained once per session (skips without the data set).
+
+    Tests that write into a run take :func:`kim_run_copy` instead.
+    """
+    if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+    from lowrankcnn.training import Trainer
+
+    out = tmp_path_factory.mktemp("shared") / "kim"
+    with Trainer(tiny_kim_config(out), progress=False, verbose=False) as trainer:
+        trainer.fit()
+    return out
+
+
+@pytest.fixture(scope="module")
+def kim_run_copy(tiny_kim_run, tmp_path_factory) -> Path:
+    """A copy of :func:`tiny_kim_run` that a test module may write into."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("run") / "kim"
+    shutil.copytree(tiny_kim_run, out, ignore=shutil.ignore_patterns(".lock"))
+    return out
 
 
 @pytest.fixture(autouse=True)

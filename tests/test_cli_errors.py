@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+from conftest import requires_fashion_mnist
 
 from lowrankcnn.cli import main
 from lowrankcnn.errors import ConfigError
@@ -63,6 +64,7 @@ def test_a_bug_is_not_reported_as_a_user_error(monkeypatch):
         main(["profile", "nin"])
 
 
+@requires_fashion_mnist  # the later delays interrupt the data loading
 @pytest.mark.parametrize("delay", [0.3, 0.45, 1.0, 2.5])
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
     """Interrupted while importing torch, building the parser or loading the data: never a traceback.

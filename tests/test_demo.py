@@ -1,20 +1,16 @@
 """``make demo`` (= ``lowrankcnn demo``) run twice: the second run reuses the finished runs, never replaces them."""
 
-import os
 from pathlib import Path
 
 import pytest
+from conftest import requires_fashion_mnist
 
 from lowrankcnn.demo import Summary, compare
 from lowrankcnn.errors import RunDirectoryError
 from lowrankcnn.profiling import profile
 from lowrankcnn.training import TrainConfig, load_checkpoint, load_trained_model
 
-DATA = Path(os.environ.get("LOWRANKCNN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-pytestmark = pytest.mark.skipif(
-    not (DATA / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)",
-)
+pytestmark = requires_fashion_mnist
 
 
 def assert_rows_are_the_runs(summary: Summary, out: Path) -> None:

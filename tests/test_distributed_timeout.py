@@ -6,15 +6,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
+from conftest import requires_fashion_mnist
 
-DATA = Path(os.environ.get("LOWRANKCNN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-pytestmark = pytest.mark.skipif(
-    not (DATA / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)",
-)
+pytestmark = requires_fashion_mnist
 RANK = """
 import os, signal, sys
 from lowrankcnn.cli import main

@@ -13,23 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_kim_config
 from PIL import Image
 
 from lowrankcnn.cli import main
 from lowrankcnn.evaluate import most_confused
-from lowrankcnn.training import Trainer, save_checkpoint
+from lowrankcnn.training import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = [f"c{i}" for i in range(10)]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(kim_run_copy) -> Path:
     """A one-epoch kim_rank1_cifar10 run (width 0.25) on a Fashion-MNIST subset padded to 32."""
-    out = tmp_path_factory.mktemp("run") / "kim"
-    Trainer(tiny_kim_config(out), progress=False).fit()
-    return out
+    return kim_run_copy
 
 
 def image_folder(root: Path, classes: list[str], per_class: int = 2, splits: tuple[str, ...] = ("val",)) -> Path:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import rel_err, tiny_kim_config
+from conftest import rel_err
 
 from lowrankcnn import create_model, list_models, model_info
 from lowrankcnn.bench import BenchSettings, bench, dense_twin
@@ -13,15 +13,12 @@ from lowrankcnn.deployment import deploy
 from lowrankcnn.errors import ConfigError
 from lowrankcnn.export import export_model, onnx_max_abs_diff, torchscript_max_abs_diff
 from lowrankcnn.models import ModelSpec
-from lowrankcnn.training import Trainer
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
+def checkpoint(kim_run_copy) -> str:
     """A one-epoch kim_rank1_cifar10 (width 0.25, batch norm) on a Fashion-MNIST subset padded to 32."""
-    out = tmp_path_factory.mktemp("run") / "kim"
-    Trainer(tiny_kim_config(out), progress=False).fit()
-    return str(out / "last.pt")
+    return str(kim_run_copy / "last.pt")
 
 
 def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path):

@@ -14,23 +14,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_kim_config
 
 from lowrankcnn.cli import main
 from lowrankcnn.data import normalization
 from lowrankcnn.errors import ExportError
 from lowrankcnn.export import Preprocessing, export_checked, read_export_metadata
-from lowrankcnn.training import Trainer, load_trained_model, save_checkpoint
+from lowrankcnn.training import load_trained_model, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(kim_run_copy) -> Path:
     """A one-epoch kim_rank1_cifar10 run (width 0.25) on a Fashion-MNIST subset padded to 32."""
-    out = tmp_path_factory.mktemp("run") / "kim"
-    Trainer(tiny_kim_config(out), progress=False).fit()
-    return out
+    return kim_run_copy
 
 
 def edited_checkpoint(run_dir: Path, dest: Path, edit) -> Path:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import rel_err, tiny_kim_config
+from conftest import rel_err, requires_fashion_mnist, tiny_kim_config
 from torch import nn
 
 from lowrankcnn import create_model, list_models, model_info, profile
@@ -136,6 +136,7 @@ def test_tight_bound_holds_and_papers_bound_only_with_one_spatial_pattern():
     assert all(row.bound_holds for row in (d, r, o))
 
 
+@requires_fashion_mnist
 def test_trained_rank1_model_ranks(tmp_path):
     trainer = Trainer(tiny_kim_config(tmp_path / "r", train_subset=512, lr=0.01), progress=False)
     trainer.fit()
@@ -156,6 +157,7 @@ def _max_second_singular_ratio(layer: Rank1Conv2d) -> float:
     return max(ratios)
 
 
+@requires_fashion_mnist
 @pytest.mark.parametrize("unit", ["epoch", "step"])
 def test_projected_training_leaves_exact_rank1_filters(tmp_path, unit):
     config = tiny_kim_config(

@@ -1,18 +1,13 @@
 """Every model family has a default recipe that learns from the command line with no training flags."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
+from conftest import requires_fashion_mnist
 
 from lowrankcnn.cli import main
 
-DATA = Path(os.environ.get("LOWRANKCNN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-pytestmark = pytest.mark.skipif(
-    not (DATA / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)",
-)
+pytestmark = requires_fashion_mnist
 
 
 @pytest.mark.parametrize("model", ["vgg11_gmp_sf", "nin_c3_lr", "googlenet_lr", "kim_rank1_cifar10", "kim_flat_mnist"])

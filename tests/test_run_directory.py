@@ -1,7 +1,6 @@
 """Run directories: one run per folder, one writer at a time, and an end-of-epoch state repaired after any kill."""
 
 import hashlib
-import os
 import subprocess
 import sys
 import textwrap
@@ -9,17 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FASHION_MNIST, requires_fashion_mnist
 
 from lowrankcnn.cli import main
 from lowrankcnn.errors import RunDirectoryError
 from lowrankcnn.training import RunDirectory, load_checkpoint
 from lowrankcnn.training.metrics import read_metrics
 
-DATA = Path(os.environ.get("LOWRANKCNN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-pytestmark = pytest.mark.skipif(
-    not (DATA / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)",
-)
+DATA = FASHION_MNIST
+pytestmark = requires_fashion_mnist
 TINY = ["--width-mult", "0.125", "--train-subset", "256", "--test-subset", "64", "--batch-size", "64", "--threads", "1"]
 
 

@@ -8,18 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_vgg_config
+from conftest import requires_fashion_mnist, tiny_vgg_config
 
 from lowrankcnn.cli import main
 from lowrankcnn.layers import Rank1Conv2d
 from lowrankcnn.training import TrainConfig, Trainer, TrainingDiverged, load_checkpoint, load_trained_model
 from lowrankcnn.training.metrics import read_metrics
 
-DATA = Path(os.environ.get("LOWRANKCNN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-pytestmark = pytest.mark.skipif(
-    not (DATA / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)",
-)
+pytestmark = requires_fashion_mnist
 TIMING = {"train_images_per_s", "epoch_time_s"}
 
 

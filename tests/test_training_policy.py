@@ -1,24 +1,18 @@
 """What the trainer promises beyond learning: the divergence policy, exact resume across thread counts,
 extending a finished run, refusing flags a resume cannot honour, quiet logs and hints that work."""
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_vgg_config
+from conftest import requires_fashion_mnist, tiny_vgg_config
 
 from lowrankcnn.cli import main
 from lowrankcnn.training import Trainer, TrainingDiverged, load_checkpoint
 from lowrankcnn.training.metrics import read_metrics
 
-DATA = Path(os.environ.get("LOWRANKCNN_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-pytestmark = pytest.mark.skipif(
-    not (DATA / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)",
-)
+pytestmark = requires_fashion_mnist
 TINY = ["--width-mult", "0.125", "--train-subset", "256", "--test-subset", "64", "--batch-size", "64"]
 
 

@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import checkpoint_state
+from conftest import checkpoint_state, requires_fashion_mnist
 
 from lowrankcnn.errors import CheckpointError, RunDirectoryError
 from lowrankcnn.training import LRSchedule, load_checkpoint, save_checkpoint
@@ -179,6 +179,7 @@ def test_checkpoint_schema_is_checked_in_one_place(tmp_path, change, message):
         load_checkpoint(tmp_path / "last.pt", for_resume=True)
 
 
+@requires_fashion_mnist
 def test_another_models_weights_on_resume_are_refused(tmp_path):
     from lowrankcnn import create_model
     from lowrankcnn.training import Trainer
