@@ -10,6 +10,7 @@ commands are imported inside :func:`main`, so Ctrl-C during start-up is one line
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import typing
@@ -73,3 +74,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["build_parser", "main"]
+
+
+def run() -> None:
+    """The ``lowrankcnn`` program: :func:`main`, then exit with its status.
+
+    After a Ctrl-C the process ends with ``os._exit(130)`` once the outputs are flushed: a KeyboardInterrupt that
+    passed through C code (torch, the data loaders) can leave the interpreter set to end itself by SIGINT even
+    though the command handled it, which a shell or a job runner would read as "killed", not "exit 130".
+    """
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
