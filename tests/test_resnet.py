@@ -244,14 +244,35 @@ def test_the_family_initializes_itself():
 
 
 def test_zero_init_residual_makes_every_block_start_as_identity():
-    model = CifarResNet(3, num_classes=10, width_mult=0.5, zero_init_residual=True).eval()
+    model = CifarResNet(3, 10, width_mult=0.5, zero_init_residual=True).eval()
     blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
     assert blocks and all(torch.all(b.bn2.weight == 0) and torch.all(b.bn1.weight == 1) for b in blocks)
     x = torch.randn(2, 8, 8, 8).relu()
     with torch.no_grad():
         assert torch.equal(model.layer1[0](x), x)  # relu(0 + identity) of a non-negative input
     r50 = ResNet(Bottleneck, (1, 1, 1, 1), width_mult=0.25, zero_init_residual=True)
-    assert all(torch.all(m.bn3.weight == 0) for m in r50.modules() if isinstance(m, Bottleneck))
+    assert all(
+        torch.all(m.bn3.weight == 0) and torch.all(m.bn2.weight == 1)
+        for m in r50.modules()
+        if isinstance(m, Bottleneck)
+    )
+
+
+def test_zero_init_residual_through_create_model():
+    """create_model keeps the family's own init (it no longer re-initializes what the constructor built)."""
+    for name, last in (("resnet20", "bn2"), ("resnet50", "bn3")):
+        model = create_model(name, width_mult=0.25, zero_init_residual=True)
+        blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+        assert blocks and all(torch.all(getattr(b, last).weight == 0) for b in blocks)
+    default = create_model("resnet18", width_mult=0.25)
+    assert all(torch.all(m.bn2.weight == 1) for m in default.modules() if isinstance(m, BasicBlock))
+
+
+def test_init_mode_reaches_the_constructor():
+    model = ResNet(BasicBlock, (1, 1, 1, 1), width_mult=0.5, init_mode="fan_in")
+    conv = model.layer3[0].conv2  # He normal, fan-in: std = sqrt(2 / (3 * 3 * in_channels))
+    assert conv.weight.std().item() == pytest.approx((2 / (9 * conv.in_channels)) ** 0.5, rel=0.05)
+    assert model_info("resnet18").init_mode == "fan_out"
 
 
 def test_shortcut_keyword():

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import init_weights_
+from ..layers.init import InitMode
 from ._common import check_input
 from .cfg import CIFAR10_MEAN, CIFAR10_STD, model_label
 from .registry import register_model, scale_width
@@ -148,8 +149,8 @@ def _make_stage(
     return nn.Sequential(*layers), out_chs
 
 
-def _init_(model: nn.Module, zero_init_residual: bool) -> None:
-    init_weights_(model)
+def _init_(model: nn.Module, init_mode: InitMode, zero_init_residual: bool) -> None:
+    init_weights_(model, init_mode)
     if zero_init_residual:
         for m in model.modules():
             if isinstance(m, (BasicBlock, Bottleneck)):
@@ -166,6 +167,7 @@ class ResNet(nn.Module):
             every stage width (64, 128, 256, 512), keeping a bottleneck's expansion.
         zero_init_residual: start every residual branch at zero (its last batch norm weight 0), so each
             block begins as an identity (Goyal et al. 2017); off by default, as in torchvision.
+        init_mode: the He rule of the convs, ``"fan_out"`` (torchvision's) or ``"fan_in"``.
 
     Input ``(N, in_chans, H, W)``, output logits ``(N, num_classes)``; any ``H, W >= 1`` runs (the
     network downsamples by 32 at 224x224, and its global average pool takes any size).
@@ -179,6 +181,7 @@ class ResNet(nn.Module):
         in_chans: int = 3,
         width_mult: float = 1.0,
         zero_init_residual: bool = False,
+        init_mode: InitMode = "fan_out",
     ) -> None:
         super().__init__()
         if len(layers) != 4:
@@ -195,7 +198,7 @@ class ResNet(nn.Module):
             self.add_module(f"layer{i + 1}", stage)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(channels, num_classes)
-        _init_(self, zero_init_residual)
+        _init_(self, init_mode, zero_init_residual)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map ``(N, C, H / 32, W / 32)``."""
@@ -216,6 +219,7 @@ class CifarResNet(nn.Module):
         shortcut: where a block changes the shape, ``"A"`` (the paper's: zero-padded identity, no
             parameters) or ``"B"`` (1x1 conv + batch norm projection).
         zero_init_residual: start every residual branch at zero (its last batch norm weight 0).
+        init_mode: the He rule of the convs, ``"fan_out"`` or ``"fan_in"``.
 
     Input ``(N, in_chans, H, W)``, output logits ``(N, num_classes)``; any ``H, W >= 1`` runs.
     """
@@ -228,6 +232,7 @@ class CifarResNet(nn.Module):
         width_mult: float = 1.0,
         shortcut: Shortcut = "A",
         zero_init_residual: bool = False,
+        init_mode: InitMode = "fan_out",
     ) -> None:
         super().__init__()
         if shortcut not in ("A", "B"):
@@ -244,7 +249,7 @@ class CifarResNet(nn.Module):
             self.add_module(f"layer{i + 1}", stage)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(channels, num_classes)
-        _init_(self, zero_init_residual)
+        _init_(self, init_mode, zero_init_residual)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map ``(N, C, H / 4, W / 4)``."""
@@ -261,7 +266,13 @@ _TV_NOTE = (
     "dense counts at 224x224, 1000 classes, standard convention equal torchvision's: {params:,} params, "
     "{macs:,} MACs."
 )
-_IMAGENET = {"classifier": "fc", "baseline": None, "min_input_size": 1, "kwargs_of": ResNet}
+_IMAGENET = {
+    "classifier": "fc",
+    "baseline": None,
+    "min_input_size": 1,
+    "kwargs_of": ResNet,
+    "user_kwargs": ("zero_init_residual",),
+}
 _CIFAR = {
     "classifier": "fc",
     "baseline": None,
@@ -269,7 +280,7 @@ _CIFAR = {
     "mean": CIFAR10_MEAN,
     "std": CIFAR10_STD,
     "kwargs_of": CifarResNet,
-    "user_kwargs": ("shortcut",),
+    "user_kwargs": ("shortcut", "zero_init_residual"),
 }
 _CIFAR_NOTE = (
     "He et al. 2016 §4.2 CIFAR-10 ResNet ({layers} layers, n={n}): option-A (zero-padded identity) shortcuts "
