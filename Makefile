@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test test-slow lint install data clean
+.PHONY: demo test test-slow test-interop interop-install lint install data clean
 
 install: $(VENV)/.installed
 
@@ -27,10 +27,32 @@ demo: install data
 	$(BIN)/lowrankcnn demo --out runs/demo
 
 test: install data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/interop
 
 test-slow: install data
-	RUN_SLOW=1 $(BIN)/python -m pytest -q
+	RUN_SLOW=1 $(BIN)/python -m pytest -q --ignore=tests/interop
+
+# The interop tier (not part of `make test`): torchvision and timm models through profile, deploy and ONNX.
+# torchvision does not import beside the local torch 2.13.0 CPU wheel, so this tier has its own venv with
+# torch 2.14.1 + torchvision 0.29.1 (a CUDA build that runs on the CPU, ~5.5 GB, from the local wheel store)
+# and timm. The package goes in last: torch>=2.4 is then already met, so pip leaves torch 2.14.1 alone
+# (the version check below fails the set-up if anything swapped it).
+IVENV := .venv-interop
+IBIN := $(IVENV)/bin
+INTEROP_TORCH := 2.14.1
+
+interop-install: $(IVENV)/.installed
+
+$(IVENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(IVENV)
+	$(IBIN)/pip install --quiet torch==$(INTEROP_TORCH) torchvision==0.29.1
+	$(IBIN)/pip install --quiet timm
+	$(IBIN)/pip install --quiet -e '.[export]' pytest
+	$(IBIN)/python -c "import torch, torchvision, timm; assert torch.__version__.split('+')[0] == '$(INTEROP_TORCH)', torch.__version__"
+	touch $@
+
+test-interop: interop-install
+	$(IBIN)/python -m pytest -q -s tests/interop
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
