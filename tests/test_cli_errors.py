@@ -27,7 +27,7 @@ from lowrankcnn.errors import ConfigError
         (["train", "--model", "nin", "--label-smoothing", "1"], "--label-smoothing must be a finite number >= 0"),
         (["train"], "give --model NAME (or --resume RUN_DIR"),
         (["train", "--model", "nin", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
-        (["models", "resnet*"], "no model matches 'resnet*'"),
+        (["models", "no_such_model*"], "no model matches 'no_such_model*'"),
         (["train", "--model", "nin", "--seed", str(10**23)], "--seed must be at most 4294967295"),
         (["train", "--model", "nin", "--warmup-epochs", "1e308"], "--warmup-epochs (1e+308) is longer than the run"),
         (["train", "--model", "nin", "--epochs", "2", "--warmup-epochs", "3"], "is longer than the run (--epochs 2)"),
