@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, ShapeError
-from .layers import Rank1Conv2d
+from .layers import LowRankConv2d
 from .layers.fuse import FUSABLE, dense_filters
 from .profiling import outermost_units
 from .tables import format_table
@@ -98,7 +98,7 @@ def output_rank(model: nn.Module, images: torch.Tensor, rtol: float = 1e-6) -> l
         y = h @ w  # equals the layer's output without bias, positions x channels
         input_rank, weight_rank = numerical_rank(h, rtol), numerical_rank(w, rtol)
         c_out, c_in = weight.shape[:2]
-        paper = min(input_rank, c_in, c_out) if isinstance(module, Rank1Conv2d) else None
+        paper = min(input_rank, c_in, c_out) if getattr(module, "paper_rank_bound", False) else None
         rows.append(
             RankRow(
                 name,
@@ -117,7 +117,10 @@ def output_rank(model: nn.Module, images: torch.Tensor, rtol: float = 1e-6) -> l
 
 
 def _is_dense_conv_like(module: nn.Module) -> bool:
-    return not isinstance(module, nn.Conv2d) or (module.groups == 1 and module.dilation == (1, 1))
+    """An undilated conv with ``groups=1`` (low-rank or not): its output is ``H[X] W`` with the im2col matrix."""
+    if isinstance(module, LowRankConv2d):
+        return module.conv_spec().dilation == (1, 1)
+    return module.groups == 1 and module.dilation == (1, 1)
 
 
 def rank_table(rows: list[RankRow]) -> str:

@@ -5,14 +5,14 @@ norm that follows a conv (or linear) layer into it where that is provably exact
 (:mod:`lowrankcnn.layers.fold`), and replaces each low-rank layer by standard
 modules computing the same function:
 
-* ``target="factorized"``: composite layers run one conv per basis group,
-  concatenated, then the join 1x1 (``CompositeConv2d.factorized``); separable
+* ``target="factorized"``: every low-rank layer (``LowRankConv2d``) becomes its first ``deploy_forms()``
+  entry: composite layers run one conv per basis group, concatenated, then the join 1x1; separable
   layers their two convs; rank-1 and consecutive layers a 1x1 conv then depthwise
   convs (``rank1="depthwise"``: 1x1 then one depthwise k x k, the default, measured
-  faster on CPU; ``rank1="chain"``: 1x1 -> depthwise k x 1 -> depthwise 1 x k).
-  ``rank1="fused"``, the old name of ``"depthwise"``, still works (deprecated).
-* ``target="dense"``: every low-rank layer fused into its dense form, one ``nn.Conv2d``
-  (a ``ConfigError`` names any layer that has no exact dense form).
+  faster on CPU; ``rank1="chain"``: 1x1 -> depthwise k x 1 -> depthwise 1 x k: ``rank1`` picks the form of
+  that name where a layer has one). ``rank1="fused"``, the old name of ``"depthwise"``, still works (deprecated).
+* ``target="dense"``: every low-rank layer fused into its dense form, one ``nn.Conv2d`` (``to_dense()``;
+  a ``ConfigError`` names any layer that has no exact dense form).
 * ``target="auto"``: per layer, whichever of the two is faster on this machine,
   timed once on the layer's real input shape; the decision and both timings are
   recorded on the chosen module (``deploy_form``, ``deploy_ms``).
@@ -38,10 +38,8 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, LowRankCNNError
-from .layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
-from .layers.conv_from_weights import ChainSpatial
+from .layers import LowRankConv2d
 from .layers.fold import BATCH_NORM_TYPES, count_calls, fold_batchnorms_
-from .layers.fuse import equivalent_dense_conv
 from .models.cfg import model_cfg
 from .timing import inference_fn, interleaved
 from .utils.probe import probe, zeros_for
@@ -52,10 +50,10 @@ Rank1Deploy = Literal["depthwise", "chain"]
 (1x1 conv, depthwise k_h x 1, depthwise 1 x k_w)."""
 TARGETS: tuple[Target, ...] = get_args(Target)
 RANK1_FORMS: tuple[Rank1Deploy, ...] = get_args(Rank1Deploy)
-_RANK1_SPATIAL: dict[Rank1Deploy, ChainSpatial] = {"depthwise": "depthwise", "chain": "separate"}
 _RANK1_RENAMED = {"fused": "depthwise"}
 """Old ``rank1`` names, still accepted with a ``DeprecationWarning``."""
-LOW_RANK: tuple[type[nn.Module], ...] = (CompositeConv2d, SeparableConv2d, Rank1Conv2d, ConsecutiveConv2d)
+LOW_RANK: tuple[type[nn.Module], ...] = (LowRankConv2d,)
+"""What ``deploy`` replaces: every layer implementing the low-rank protocol."""
 
 
 @dataclass(frozen=True)
@@ -70,23 +68,22 @@ class LayerChoice:
 
 
 def factorized_form(module: nn.Module, rank1: Rank1Deploy = "depthwise") -> nn.Module:
-    """Standard modules computing the low-rank layer ``module`` in its factorized form."""
-    if isinstance(module, CompositeConv2d):
-        return module.factorized()
-    if isinstance(module, SeparableConv2d):
-        return nn.Sequential(copy.deepcopy(module.conv_1xk), copy.deepcopy(module.conv_kx1))
-    if isinstance(module, (Rank1Conv2d, ConsecutiveConv2d)):
-        return module.to_chain(_RANK1_SPATIAL[_rank1_form(rank1, stacklevel=2)])
-    raise ConfigError(f"factorized_form: {type(module).__name__} is not a low-rank layer")
+    """Standard modules computing the low-rank layer ``module`` in its factorized form: its ``deploy_forms()``
+    entry named ``rank1`` if it has one (rank-1 layers), else its first."""
+    if not isinstance(module, LowRankConv2d):
+        raise ConfigError(f"factorized_form: {type(module).__name__} is not a low-rank layer")
+    name = _rank1_form(rank1, stacklevel=2)
+    forms = module.deploy_forms()
+    return forms[name] if name in forms else forms[next(iter(forms))]
 
 
-def _candidates(module: nn.Module, target: Target, rank1: Rank1Deploy) -> dict[str, nn.Module]:
+def _candidates(module: LowRankConv2d, target: Target, rank1: Rank1Deploy) -> dict[str, nn.Module]:
     forms: dict[str, nn.Module] = {}
     if target in ("factorized", "auto"):
         forms["factorized"] = factorized_form(module, rank1)
     if target in ("dense", "auto"):
         try:
-            forms["dense"] = equivalent_dense_conv(module)
+            forms["dense"] = module.to_dense()
         except ConfigError:
             if target == "dense":
                 raise

@@ -9,11 +9,13 @@ Conventions (docs/reference.md §1.4):
   per layer call, as the published tool did (the figures in the papers).
 
 Counts are per image (the model is run on a batch of one). Rows are reported
-per *unit*: a zoo layer such as ``CompositeConv2d`` or ``SeparableConv2d`` is
-one row (its inner convs are summed), as is every other conv or linear layer.
+per *unit*: a low-rank layer (``LowRankConv2d``: ``CompositeConv2d``, ``SeparableConv2d``, ...) is
+one row whose MACs, parameters and kernel text the layer gives itself (``macs``, ``params``,
+``describe``), as is every other conv or linear layer.
 Models on the ``meta`` device are profiled without computing anything.
 
-``Rank1Conv2d`` layers are counted in one of two forms (``rank1_form``):
+Low-rank layers whose ``forward`` assembles a dense weight (``forward_form == "dense"``: ``Rank1Conv2d``)
+are counted in one of two forms (``rank1_form``):
 ``"decomposed"`` (as deployed: 1x1 conv at input resolution, depthwise k_h x 1,
 depthwise 1 x k_w, i.e. ``C_in + k_h + k_w`` MACs per output element at stride 1)
 or ``"assembled"`` (as trained: one dense conv, ``C_in * k_h * k_w``).
@@ -33,24 +35,17 @@ from torch import nn
 
 from .data.checks import MAX_INPUT_SIZE
 from .errors import ConfigError
-from .layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
+from .layers import LowRankConv2d
 from .models.cfg import model_label
 from .tables import format_table
 from .utils.probe import probe, zeros_for
 
 Convention = Literal["standard", "paper"]
 Rank1Form = Literal["decomposed", "assembled"]
-UNIT_TYPES: tuple[type[nn.Module], ...] = (
-    CompositeConv2d,
-    SeparableConv2d,
-    Rank1Conv2d,
-    ConsecutiveConv2d,
-    nn.Conv2d,
-    nn.Linear,
-)
+UNIT_TYPES: tuple[type[nn.Module], ...] = (LowRankConv2d, nn.Conv2d, nn.Linear)
 """Modules reported as one row each (outermost wins)."""
-LEAF_TYPES: tuple[type[nn.Module], ...] = (Rank1Conv2d, nn.Conv2d, nn.Linear)
-"""Modules whose MACs are counted directly."""
+LEAF_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+"""Modules whose MACs are counted from their weights (a low-rank layer counts its own)."""
 
 
 @dataclass
@@ -120,13 +115,10 @@ def describe_kernel(module: nn.Module) -> str:
     return ""
 
 
-def rank1_macs(layer: Rank1Conv2d, input_hw: tuple[int, int], output_hw: tuple[int, int], form: Rank1Form) -> int:
-    """MACs of a rank-1 layer on one image, without bias."""
-    (kh, kw), (h_in, w_in), (h_out, w_out) = layer.kernel_size, input_hw, output_hw
-    c_in, c_out = layer.in_channels, layer.out_channels
-    if form == "assembled":
-        return c_out * c_in * kh * kw * h_out * w_out
-    return c_out * (c_in * h_in * w_in + kh * h_out * w_in + kw * h_out * w_out)
+def rank1_macs(layer: LowRankConv2d, input_hw: tuple[int, int], output_hw: tuple[int, int], form: Rank1Form) -> int:
+    """MACs of a low-rank layer on one image, without bias: ``"assembled"`` as its dense conv, ``"decomposed"`` as
+    its factorized form (``layer.macs``)."""
+    return layer.dense_macs(output_hw) if form == "assembled" else layer.macs(output_hw, input_hw)
 
 
 def leaf_macs(
@@ -136,12 +128,17 @@ def leaf_macs(
     convention: Convention,
     rank1_form: Rank1Form = "decomposed",
 ) -> int:
-    """MACs of one call of a leaf (``nn.Conv2d``, ``nn.Linear``, ``Rank1Conv2d``) on a batch of one."""
-    if isinstance(module, Rank1Conv2d):
-        macs = rank1_macs(module, tuple(inputs[0].shape[-2:]), tuple(output.shape[-2:]), rank1_form)
-    else:
-        positions = output[0, 0].numel() if isinstance(module, nn.Conv2d) else output[0].numel() // output.shape[-1]
-        macs = module.weight.numel() * positions
+    """MACs of one call of a unit (``nn.Conv2d``, ``nn.Linear`` or a low-rank layer) on a batch of one.
+
+    A low-rank layer is asked (``macs``, or ``dense_macs`` for ``rank1_form="assembled"`` when its forward
+    assembles a dense weight); the paper convention adds one MAC per bias parameter.
+    """
+    if isinstance(module, LowRankConv2d):
+        form = rank1_form if module.forward_form == "dense" else "decomposed"
+        macs = rank1_macs(module, tuple(inputs[0].shape[-2:]), tuple(output.shape[-2:]), form)
+        return macs + (module.bias_count if convention == "paper" else 0)
+    positions = output[0, 0].numel() if isinstance(module, nn.Conv2d) else output[0].numel() // output.shape[-1]
+    macs = module.weight.numel() * positions
     if convention == "paper" and module.bias is not None:
         macs += module.bias.numel()
     return macs
@@ -220,7 +217,8 @@ def profile(
         in_chans: input channels when ``input_size`` has no channel axis; defaults to
             ``model.in_chans``, else the ``in_channels`` of the model's first conv (:func:`input_channels`).
         training: profile in training mode (e.g. to count GoogLeNet's auxiliary heads).
-        rank1_form: count ``Rank1Conv2d`` layers ``"decomposed"`` (deployed) or ``"assembled"`` (trained).
+        rank1_form: count layers whose forward assembles a dense weight (``Rank1Conv2d``) ``"decomposed"``
+            (deployed) or ``"assembled"`` (trained).
 
     Returns:
         ``ProfileResult`` with per-unit rows in execution order; a unit called
@@ -239,16 +237,10 @@ def profile(
     size = _input_shape(model, input_size, in_chans)
 
     units = outermost_units(model)
-    owner = {leaf: unit for unit in units for leaf in unit.modules() if isinstance(leaf, LEAF_TYPES)}
     rows: list[LayerRow] = []
-    pending: dict[nn.Module, int] = {}
 
-    def leaf_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        unit = owner[module]
-        pending[unit] = pending.get(unit, 0) + leaf_macs(module, inputs, output, convention, rank1_form)
-
-    def unit_hook(module: nn.Module, _inp: object, output: torch.Tensor) -> None:
-        params = sum(p.numel() for p in module.parameters())
+    def unit_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        params = module.params if isinstance(module, LowRankConv2d) else sum(p.numel() for p in module.parameters())
         rows.append(
             LayerRow(
                 units[module],
@@ -256,12 +248,11 @@ def profile(
                 describe_kernel(module),
                 tuple(output.shape[1:]),
                 params,
-                pending.pop(module, 0),
+                leaf_macs(module, inputs, output, convention, rank1_form),
             )
         )
 
-    handles = [m.register_forward_hook(leaf_hook) for m in owner]
-    handles += [m.register_forward_hook(unit_hook) for m in units]
+    handles = [m.register_forward_hook(unit_hook) for m in units]
     probe(
         model,
         handles,
@@ -273,7 +264,7 @@ def profile(
     )
     name = model_label(model)
     total_params = sum(p.numel() for p in model.parameters())
-    has_rank1 = any(isinstance(m, Rank1Conv2d) for m in model.modules())
+    has_rank1 = any(isinstance(m, LowRankConv2d) and m.forward_form == "dense" for m in model.modules())
     return ProfileResult(
         name, size, convention, total_params, sum(r.macs for r in rows), rows, rank1_form if has_rank1 else None
     )

@@ -1,25 +1,35 @@
 """Building blocks: low-rank convolution layers and their initialization.
 
-Modules: ``composite``, ``separable``, ``rank1`` (the layers); ``init`` (``init_weights_``);
-``decompose`` (rank-1 factors of given filters); ``conv_from_weights`` (standard convs built from
-weights: the deploy forms); ``fuse`` (a layer's dense form, one ``nn.Conv2d``); ``fold`` (batch-norm
-folding); ``concat`` (``ParallelConcat``).
+Modules: ``base`` (``LowRankConv2d``, the protocol every low-rank layer implements, and ``ConvSpec``);
+``composite``, ``separable``, ``rank1`` (the layers); ``factory`` (``create_lowrank_conv``, the one conv
+factory); ``init`` (``init_weights_``); ``decompose`` (rank-1 factors of given filters); ``fit`` (factors of
+the other layers fitted to a dense weight); ``conv_from_weights`` (standard convs built from weights: the deploy
+forms); ``fuse`` (a layer's dense form, one ``nn.Conv2d``); ``fold`` (batch-norm folding); ``concat``
+(``ParallelConcat``).
 """
 
-from .composite import BasisGroup, CompositeConv2d, format_basis, validate_basis
+from .base import ConvSpec, LowRankConv2d
+from .composite import BasisGroup, CompositeConv2d, format_basis, split_channels, validate_basis
+from .factory import METHODS, LowRankMethod, create_lowrank_conv
 from .init import composite_fan, init_composite_, init_weights_
 from .rank1 import ConsecutiveConv2d, Rank1Conv2d
 from .separable import SeparableConv2d
 
 __all__ = [
+    "METHODS",
     "BasisGroup",
     "CompositeConv2d",
     "ConsecutiveConv2d",
+    "ConvSpec",
+    "LowRankConv2d",
+    "LowRankMethod",
     "Rank1Conv2d",
     "SeparableConv2d",
     "composite_fan",
+    "create_lowrank_conv",
     "format_basis",
     "init_composite_",
     "init_weights_",
+    "split_channels",
     "validate_basis",
 ]

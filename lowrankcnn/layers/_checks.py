@@ -21,12 +21,28 @@ def positive_int(value: object, arg: str, layer: str, *, optional: bool = False)
     return value
 
 
+def int_pair(value: int | tuple[int, int], arg: str, layer: str, *, minimum: int = 1) -> tuple[int, int]:
+    """``k`` -> ``(k, k)``; a pair of ints ``>= minimum`` is returned as a tuple; anything else is a ``ConfigError``."""
+    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(pair) != 2 or not all(type(v) is int and v >= minimum for v in pair):
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ConfigError(f"{layer}: {arg} must be {what} or a pair of them, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
 def positive_pair(value: int | tuple[int, int], arg: str, layer: str) -> tuple[int, int]:
     """``k`` -> ``(k, k)``; a pair of positive ints is returned as a tuple; anything else is a ``ConfigError``."""
-    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else ()
-    if len(pair) != 2 or not all(type(v) is int and v > 0 for v in pair):
-        raise ConfigError(f"{layer}: {arg} must be a positive int or a pair of them, got {value!r}")
-    return pair  # type: ignore[return-value]
+    return int_pair(value, arg, layer)
+
+
+def same_padding(kernel_size: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    """``((k_h - 1) // 2 * d_h, (k_w - 1) // 2 * d_w)``: "same" padding for odd kernels (floor for even ones)."""
+    return tuple((k - 1) // 2 * d for k, d in zip(kernel_size, dilation, strict=True))  # type: ignore[return-value]
+
+
+def compact(pair: tuple[int, int]) -> int | tuple[int, int]:
+    """``(s, s)`` -> ``s``; an uneven pair stays a pair (how the composite and separable layers store their stride)."""
+    return pair[0] if pair[0] == pair[1] else pair
 
 
 def check_layer_input(layer: nn.Module, x: torch.Tensor) -> None:
@@ -44,3 +60,21 @@ def conv_arguments(
     positive_int(in_channels, "in_channels", layer)
     positive_int(out_channels, "out_channels", layer)
     return positive_pair(kernel_size, "kernel_size", layer), positive_pair(stride, "stride", layer)  # type: ignore[arg-type]
+
+
+def conv_geometry(
+    layer: str,
+    in_channels: object,
+    out_channels: object,
+    kernel_size: object,
+    stride: object,
+    padding: object,
+    dilation: object,
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Check a conv layer's arguments; returns ``(kernel, stride, padding, dilation)`` pairs (``padding=None``:
+    "same" padding)."""
+    kernel, stride_hw = conv_arguments(layer, in_channels, out_channels, kernel_size, stride)
+    dilation_hw = positive_pair(dilation, "dilation", layer)  # type: ignore[arg-type]
+    if padding is None:
+        return kernel, stride_hw, same_padding(kernel, dilation_hw), dilation_hw
+    return kernel, stride_hw, int_pair(padding, "padding", layer, minimum=0), dilation_hw  # type: ignore[arg-type]

@@ -23,11 +23,16 @@ CHAIN_SPATIAL: tuple[ChainSpatial, ...] = get_args(ChainSpatial)
 
 @torch.no_grad()
 def conv2d_from_weights(
-    weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int], padding: tuple[int, int]
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int] = (1, 1),
 ) -> nn.Conv2d:
     """An ``nn.Conv2d`` holding ``weight`` ``(C_out, C_in, k_h, k_w)`` and ``bias``, on their device and dtype."""
     o, c, kh, kw = weight.shape
-    conv = nn.Conv2d(c, o, (kh, kw), stride, padding, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    kwargs = {"bias": bias is not None, "device": weight.device, "dtype": weight.dtype}
+    conv = nn.Conv2d(c, o, (kh, kw), stride, padding, dilation, **kwargs)
     conv.weight.copy_(weight)
     if bias is not None:
         conv.bias.copy_(bias)
@@ -43,6 +48,7 @@ def rank1_chain(
     stride: tuple[int, int],
     padding: tuple[int, int],
     spatial: ChainSpatial = "separate",
+    dilation: tuple[int, int] = (1, 1),
 ) -> nn.Sequential:
     """Standard convs computing the conv with filters ``t[o, c] * q[o, y] * p[o, x]`` exactly.
 
@@ -51,23 +57,23 @@ def rank1_chain(
     MACs per output at stride 1. ``spatial="depthwise"``: 1x1 conv -> one depthwise k_h x k_w conv
     holding ``q ⊗ p`` (+ bias): ``k_h * k_w`` instead of ``k_h + k_w`` spatial MACs, but one pass
     over memory instead of two, which is faster on CPUs (see ``benchmarks/``). Zero padding
-    factorizes, so both equal the 3-D conv exactly.
+    factorizes, so both equal the 3-D conv exactly (``dilation`` applies to each conv along its axis).
     """
     if spatial not in CHAIN_SPATIAL:
         raise ConfigError(f"rank1_chain: spatial must be one of {', '.join(CHAIN_SPATIAL)}, got {spatial!r}")
     (o, c), kh, kw = t.shape, q.shape[1], p.shape[1]
-    (sh, sw), (ph, pw) = stride, padding
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     kwargs = {"device": t.device, "dtype": t.dtype}
     has_bias = bias is not None
     conv_1x1 = nn.Conv2d(c, o, 1, bias=False, **kwargs)
     conv_1x1.weight.copy_(t[:, :, None, None])
     if spatial == "depthwise":
-        last = nn.Conv2d(o, o, (kh, kw), (sh, sw), (ph, pw), groups=o, bias=has_bias, **kwargs)
+        last = nn.Conv2d(o, o, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups=o, bias=has_bias, **kwargs)
         last.weight.copy_((q[:, :, None] * p[:, None, :])[:, None])
         layers = [conv_1x1, last]
     else:
-        conv_kx1 = nn.Conv2d(o, o, (kh, 1), (sh, 1), (ph, 0), groups=o, bias=False, **kwargs)
-        last = nn.Conv2d(o, o, (1, kw), (1, sw), (0, pw), groups=o, bias=has_bias, **kwargs)
+        conv_kx1 = nn.Conv2d(o, o, (kh, 1), (sh, 1), (ph, 0), (dh, 1), groups=o, bias=False, **kwargs)
+        last = nn.Conv2d(o, o, (1, kw), (1, sw), (0, pw), (1, dw), groups=o, bias=has_bias, **kwargs)
         conv_kx1.weight.copy_(q[:, None, :, None])
         last.weight.copy_(p[:, None, None, :])
         layers = [conv_1x1, conv_kx1, last]

@@ -4,7 +4,8 @@ In eval mode a batch norm is a per-channel affine map ``y -> scale * y + shift``
 Every layer here computes a linear map plus a per-output-channel bias, so the
 affine map can be moved into its last weights and its bias exactly:
 ``fold_affine_(layer, scale, shift)`` rewrites ``layer`` in place so that it
-computes ``scale * layer(x) + shift`` (channel axis 1).
+computes ``scale * layer(x) + shift`` (channel axis 1). A low-rank layer does it itself
+(``LowRankConv2d.fold_affine_`` / ``fold_batchnorm_``).
 
 ``fold_batchnorms_`` folds a batch norm into the layer before it in an ``nn.Sequential`` only when
 nothing else can see the change:
@@ -29,11 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ConfigError
 from ._deprecation import warn_renamed
-from .composite import CompositeConv2d
-from .rank1 import ConsecutiveConv2d, Rank1Conv2d
-from .separable import SeparableConv2d
+from .base import LowRankConv2d, batchnorm_affine, fold_into_
 
 BATCH_NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 """The batch-norm layers (a lazy one becomes one of these on its first call): what ``fold_batchnorms_`` may fold
@@ -47,24 +45,6 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, shift)`` of ``bn`` in eval mode: ``bn(y) = scale * y + shift`` per channel.
-
-    Raises ``ConfigError`` for a batch norm without running statistics (it normalizes by the
-    batch's own statistics even in eval mode, which no fixed affine map reproduces).
-    """
-    if bn.running_mean is None or bn.running_var is None:
-        raise ConfigError(f"{type(bn).__name__} without running statistics cannot be folded")
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    shift = -bn.running_mean * scale
-    if bn.weight is not None:
-        scale = scale * bn.weight
-        shift = shift * bn.weight
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return scale.detach(), shift.detach()
-
-
 def plain_sequential(module: nn.Module) -> bool:
     """``module`` is an ``nn.Sequential`` whose ``forward`` is ``nn.Sequential.forward`` (children in order)."""
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
@@ -74,62 +54,35 @@ def fold_path(module: nn.Module, channels: int) -> list[nn.Module] | None:
     """The modules ``fold_affine_(module, ...)`` with ``channels`` outputs would go through, outermost first.
 
     ``None`` if ``module`` cannot absorb a per-channel affine map of ``channels`` channels (not a supported
-    layer, or a channel mismatch). An ``nn.Sequential`` on the path stands for its last module.
+    layer, or a channel mismatch). An ``nn.Sequential`` on the path stands for its last module; a low-rank
+    layer is the end of the path (it folds the map into itself).
     """
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         return [module] if module.weight.shape[0] == channels else None
     if isinstance(module, nn.Sequential):
         inner = fold_path(module[-1], channels) if len(module) else None
         return None if inner is None else [module, *inner]
-    if getattr(module, "out_channels", None) != channels:
-        return None
-    last: nn.Module | None = None
-    if isinstance(module, CompositeConv2d) and module.join is not None:
-        last = module.join
-    elif isinstance(module, SeparableConv2d):
-        last = module.conv_kx1
-    elif isinstance(module, ConsecutiveConv2d):
-        last = module.conv_1xk
-    elif not isinstance(module, (CompositeConv2d, Rank1Conv2d)):
-        return None
-    if last is None:
-        return [module]
-    inner = fold_path(last, channels)
-    return None if inner is None else [module, *inner]
-
-
-def _fold_into(module: nn.Module, weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> None:
-    """``weight[o] *= scale[o]``; ``module.bias = scale * bias + shift`` (a bias is created if absent)."""
-    weight.mul_(scale.reshape(-1, *[1] * (weight.dim() - 1)))
-    if module.bias is None:
-        module.bias = nn.Parameter(shift.clone().to(weight), requires_grad=weight.requires_grad)
-    else:
-        module.bias.mul_(scale).add_(shift)
+    if isinstance(module, LowRankConv2d):
+        return [module] if module.out_channels == channels else None
+    return None
 
 
 @torch.no_grad()
 def fold_affine_(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> bool:
     """Make ``module`` compute ``scale * module(x) + shift``; return False if it cannot.
 
-    Supported: ``nn.Conv2d`` (any groups), ``nn.Linear``, ``CompositeConv2d`` (into the join,
-    or each basis group's slice), ``SeparableConv2d`` (its last conv), ``Rank1Conv2d`` (channel
-    vectors or projected weight), ``ConsecutiveConv2d`` (its last conv) and an ``nn.Sequential``
-    whose last module is one of these (the caller vouches that it is last in the data flow too).
+    Supported: ``nn.Conv2d`` (any groups), ``nn.Linear``, every low-rank layer (``LowRankConv2d.fold_affine_``)
+    and an ``nn.Sequential`` whose last module is one of these (the caller vouches that it is last in the data flow
+    too).
     """
     path = fold_path(module, scale.numel())
     if path is None:
         return False
     leaf = path[-1]
-    if isinstance(leaf, (nn.Conv2d, nn.Linear)):
-        _fold_into(leaf, leaf.weight, scale, shift)
-    elif isinstance(leaf, CompositeConv2d):  # no join: each basis group owns a slice of the output channels
-        start = 0
-        for conv in leaf.groups:
-            n = conv.out_channels
-            _fold_into(conv, conv.weight, scale[start : start + n], shift[start : start + n])
-            start += n
-    else:  # Rank1Conv2d
-        _fold_into(leaf, leaf.channel if leaf.scheme == "factors" else leaf.weight, scale, shift)
+    if isinstance(leaf, LowRankConv2d):
+        leaf.fold_affine_(scale, shift)
+    else:
+        fold_into_(leaf, leaf.weight, scale, shift)
     return True
 
 
@@ -220,7 +173,10 @@ def fold_batchnorms_(
             if reason is not None:
                 result.kept[qualified] = f"not folded into {layer_name}: {reason}"
                 continue
-            fold_affine_(layer, *batchnorm_affine(bn))
+            if isinstance(path[-1], LowRankConv2d):
+                path[-1].fold_batchnorm_(bn)
+            else:
+                fold_affine_(layer, *batchnorm_affine(bn))
             parent._modules[key] = nn.Identity()
             result.folded.append(qualified)
     return result

@@ -32,12 +32,13 @@ then the bias (``spatial="depthwise"``: one depthwise k_h x k_w conv instead of 
 two). Zero padding factorizes, so the chain equals the 3-D conv exactly.
 
 Shapes: ``(N, in_channels, H, W)`` -> ``(N, out_channels, H', W')``, "same"
-padding ``(k - 1) // 2`` per axis, ``H' = floor((H + 2 pad_h - k_h) / stride) + 1``.
+padding ``(k - 1) // 2 * dilation`` per axis by default, ``H' = floor((H + 2 pad_h - d_h (k_h - 1) - 1) / s_h) + 1``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Literal, get_args
 
 import torch
@@ -45,8 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ._checks import check_layer_input, conv_arguments
+from ._checks import check_layer_input, conv_geometry
 from ._deprecation import RenamedMembers, warn_renamed
+from .base import HE_GAIN, ConvSpec, Forms, InitMode, LowRankConv2d, fold_into_, geometry_text, he_normal_
 from .conv_from_weights import ChainSpatial, rank1_chain
 from .decompose import assemble, rank1_factors
 
@@ -56,23 +58,61 @@ Rank1Scheme = Literal["factors", "projected"]
 SCHEMES: tuple[Rank1Scheme, ...] = get_args(Rank1Scheme)
 
 
-class _Rank1Chain:
-    """``to_chain`` for a layer with ``factors()``, ``bias``, ``stride`` and ``padding`` (both layers here)."""
+class _Rank1Layer(LowRankConv2d):
+    """What both layers here share: filters ``t ⊗ q ⊗ p`` from ``factors()``, a ``bias``, pairs ``kernel_size``,
+    ``stride``, ``padding``, ``dilation``; their dense form, 1-D chain forms, MACs and rank-1 fit."""
+
+    bias: torch.Tensor | None
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
     @torch.no_grad()
     def to_chain(self, spatial: ChainSpatial = "separate") -> nn.Sequential:
         """Standard convs computing this layer exactly: a 1x1 conv, then depthwise k_h x 1 and 1 x k_w convs
         (``spatial="separate"``) or one depthwise k_h x k_w conv (``"depthwise"``); see ``rank1_chain``."""
         t, q, p = (f.detach() for f in self.factors())
-        return rank1_chain(t, q, p, self.bias, self.stride, self.padding, spatial)
+        return rank1_chain(t, q, p, self.bias, self.stride, self.padding, spatial, self.dilation)
 
     def deploy(self, fuse_spatial: bool = False) -> nn.Sequential:
         """Deprecated: ``to_chain("depthwise" if fuse_spatial else "separate")``."""
         warn_renamed(f"{type(self).__name__}.deploy(fuse_spatial=...)", "to_chain(spatial='separate'|'depthwise')")
         return self.to_chain("depthwise" if fuse_spatial else "separate")
 
+    def deploy_forms(self) -> Mapping[str, nn.Module]:
+        """``"depthwise"`` (1x1 conv, one depthwise k_h x k_w; the default, faster on CPUs) and ``"chain"`` (1x1 conv,
+        depthwise k_h x 1, depthwise 1 x k_w; the fewest MACs)."""
+        return Forms(depthwise=lambda: self.to_chain("depthwise"), chain=lambda: self.to_chain("separate"))
 
-class Rank1Conv2d(_Rank1Chain, nn.Module):
+    def dense_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return assemble(*self.factors()), self.bias
+
+    def macs(self, output_hw: tuple[int, int], input_hw: tuple[int, int]) -> int:
+        """The 1-D chain: 1x1 conv at the input size, depthwise k_h x 1 (output height, input width), depthwise
+        1 x k_w at the output size: ``C_out (C_in H W + k_h H' W + k_w H' W')``."""
+        (kh, kw), (h_in, w_in), (h_out, w_out) = self.kernel_size, input_hw, output_hw
+        return self.out_channels * (self.in_channels * h_in * w_in + kh * h_out * w_in + kw * h_out * w_out)
+
+    @torch.no_grad()
+    def fit_(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """The best rank-1 filters (ALS, :func:`~lowrankcnn.layers.decompose.rank1_factors`, with the layer's
+        shared vectors if any): exact for rank-1 filters. The dense bias becomes the layer's bias."""
+        if bias is not None and self.bias is None:
+            raise ConfigError(f"{type(self).__name__}: has no bias to fit a dense bias with")
+        self._set_factors(*self._fit(weight))
+        if self.bias is not None:
+            self.bias.copy_(bias if bias is not None else torch.zeros_like(self.bias))
+
+    def _fit(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Best rank-1 factors of ``weight``: ``t (C_out, C_in)``, ``q (n_v, k_h)``, ``p (n_h, k_w)``."""
+        index = torch.arange(weight.shape[0])
+        return rank1_factors(weight, index, index)
+
+    def _set_factors(self, t: torch.Tensor, q: torch.Tensor, p: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class Rank1Conv2d(_Rank1Layer):
     """Convolution whose filters are all rank-1 (outer products of 1-D vectors).
 
     Args:
@@ -83,11 +123,16 @@ class Rank1Conv2d(_Rank1Chain, nn.Module):
         scheme: ``"factors"`` (train the 1-D vectors) or ``"projected"`` (train the 3-D weight,
             re-project with ``project_()``).
         shared_spatial: the authors' sharing (``C_out`` must be a square ``num**2``).
+        padding: ``p`` or ``(p_h, p_w)``; ``None``: "same" padding.
+        dilation: ``d`` or ``(d_h, d_w)``.
 
     Attributes (``factors``): parameters ``channel (C_out, C_in)`` (channel vectors ``t``),
     ``vertical (n_v, k_h)`` (vertical vectors ``q``), ``horizontal (n_h, k_w)`` (horizontal vectors
     ``p``). (``projected``): ``weight (C_out, C_in, k_h, k_w)``.
     """
+
+    forward_form = "dense"
+    paper_rank_bound = True
 
     def __init__(
         self,
@@ -98,14 +143,16 @@ class Rank1Conv2d(_Rank1Chain, nn.Module):
         bias: bool = True,
         scheme: Rank1Scheme = "factors",
         shared_spatial: bool = False,
+        padding: int | tuple[int, int] | None = None,
+        dilation: int | tuple[int, int] = 1,
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        self.kernel_size, self.stride = conv_arguments(name, in_channels, out_channels, kernel_size, stride)
+        geometry = conv_geometry(name, in_channels, out_channels, kernel_size, stride, padding, dilation)
+        self.kernel_size, self.stride, self.padding, self.dilation = geometry
         if scheme not in SCHEMES:
             raise ConfigError(f"{name}: scheme must be {' or '.join(map(repr, SCHEMES))}, got {scheme!r}")
         self.in_channels, self.out_channels, self.scheme = in_channels, out_channels, scheme
-        self.padding = ((self.kernel_size[0] - 1) // 2, (self.kernel_size[1] - 1) // 2)
         self.shared_spatial = shared_spatial
         o = torch.arange(out_channels)
         if shared_spatial:
@@ -132,21 +179,27 @@ class Rank1Conv2d(_Rank1Chain, nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.reset_parameters()
 
-    def he_std(self, mode: str = "fan_out", gain: float = math.sqrt(2.0)) -> float:
+    @classmethod
+    def _from_spec(
+        cls, spec: ConvSpec, *, scheme: Rank1Scheme = "factors", shared_spatial: bool = False
+    ) -> Rank1Conv2d:
+        return cls(**spec.kwargs(), scheme=scheme, shared_spatial=shared_spatial)
+
+    def he_std(self, mode: str = "fan_out", gain: float = HE_GAIN) -> float:
         """Std of He init for the equivalent dense conv (the target of ``reset_parameters``)."""
         kh, kw = self.kernel_size
         fan = kh * kw * (self.out_channels if mode == "fan_out" else self.in_channels)
         return gain / math.sqrt(fan)
 
     @torch.no_grad()
-    def reset_parameters(self, mode: str = "fan_out") -> None:
+    def reset_parameters(self, mode: InitMode = "fan_out", gain: float = HE_GAIN) -> None:
         """Initialize so the assembled filters have the variance of He init for the dense conv.
 
         ``factors``: each factor ~ N(0, s) with ``s**3 = he_std`` (the product of three independent
         zero-mean factors has the product of their stds). ``projected``: He-init the full 3-D weight,
         project it to rank 1, then rescale the filters to the He std.
         """
-        target = self.he_std(mode)
+        target = self.he_std(mode, gain)
         if self.bias is not None:
             self.bias.zero_()
         if self.scheme == "factors":
@@ -167,13 +220,13 @@ class Rank1Conv2d(_Rank1Chain, nn.Module):
         """
         if self.scheme == "factors":
             return self.channel, self.vertical[self.vertical_index], self.horizontal[self.horizontal_index]
-        t, q, p = self._fit()
+        t, q, p = self._fit(self.weight)
         ref = self.weight
         return t.to(ref), q[self.vertical_index.cpu()].to(ref), p[self.horizontal_index.cpu()].to(ref)
 
-    def _fit(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _fit(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return rank1_factors(
-            self.weight,
+            weight,
             self.vertical_index.cpu(),
             self.horizontal_index.cpu(),
             n_v=self.num_vertical,
@@ -186,29 +239,47 @@ class Rank1Conv2d(_Rank1Chain, nn.Module):
             return self.weight
         return assemble(*self.factors())
 
+    def dense_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.assembled_weight(), self.bias
+
     @torch.no_grad()
     def project_(self) -> None:
         """Replace every filter by its best rank-1 approximation (``projected`` scheme only)."""
         if self.scheme != "projected":
             raise ConfigError(f"{type(self).__name__}: project_() applies to scheme='projected' only")
-        t, q, p = self._fit()
-        self.weight.copy_(assemble(t, q[self.vertical_index.cpu()], p[self.horizontal_index.cpu()]).to(self.weight))
+        self._set_factors(*self._fit(self.weight))
+
+    def constrain_(self) -> None:
+        """The trainer's constraint step: ``project_()`` for ``projected`` (``factors`` filters are always rank-1)."""
+        if self.scheme == "projected":
+            self.project_()
+
+    @torch.no_grad()
+    def fold_affine_(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Into the channel vectors (``factors``) or the 3-D weight (``projected``) and the bias."""
+        fold_into_(self, self.channel if self.scheme == "factors" else self.weight, scale, shift)
+
+    def _set_factors(self, t: torch.Tensor, q: torch.Tensor, p: torch.Tensor) -> None:
+        if self.scheme == "factors":
+            for param, value in ((self.channel, t), (self.vertical, q), (self.horizontal, p)):
+                param.copy_(value)
+        else:
+            self.weight.copy_(assemble(t, q[self.vertical_index.cpu()], p[self.horizontal_index.cpu()]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_layer_input(self, x)
-        return F.conv2d(x, self.assembled_weight(), self.bias, self.stride, self.padding)
+        return F.conv2d(x, self.assembled_weight(), self.bias, self.stride, self.padding, self.dilation)
 
     def describe(self) -> str:
         kh, kw = self.kernel_size
         shared = " shared" if self.shared_spatial else ""
-        stride = f" /{self.stride[0]}" if self.stride != (1, 1) else ""
-        return f"rank1 {kh}x{kw}:{self.out_channels} {self.scheme}{shared}{stride}"
+        return f"rank1 {kh}x{kw}:{self.out_channels} {self.scheme}{shared}" + geometry_text(self.stride, self.dilation)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, {self.describe()}"
 
 
-class ConsecutiveConv2d(RenamedMembers, _Rank1Chain, nn.Module):
+class ConsecutiveConv2d(RenamedMembers, _Rank1Layer):
     """Consecutive 1-D convolutions trained as separate layers (the Flattened-CNN baseline).
 
     1x1 conv (C_in -> C_out, no bias) -> depthwise k_h x 1 -> depthwise 1 x k_w (+ bias), no
@@ -217,8 +288,8 @@ class ConsecutiveConv2d(RenamedMembers, _Rank1Chain, nn.Module):
 
     Attributes:
         conv_1x1: the 1x1 conv (C_in -> C_out, no bias), applied first.
-        conv_kx1: the depthwise k_h x 1 conv (vertical stride), applied second.
-        conv_1xk: the depthwise 1 x k_w conv (horizontal stride, bias), applied last.
+        conv_kx1: the depthwise k_h x 1 conv (vertical stride, padding, dilation), applied second.
+        conv_1xk: the depthwise 1 x k_w conv (horizontal stride, padding, dilation, bias), applied last.
 
     The old names ``channel``, ``vertical``, ``horizontal`` still read (deprecated), and state dicts
     saved with them still load.
@@ -233,17 +304,26 @@ class ConsecutiveConv2d(RenamedMembers, _Rank1Chain, nn.Module):
         kernel_size: int | tuple[int, int] = 3,
         stride: int | tuple[int, int] = 1,
         bias: bool = True,
+        padding: int | tuple[int, int] | None = None,
+        dilation: int | tuple[int, int] = 1,
     ) -> None:
         super().__init__()
-        (kh, kw), (sh, sw) = conv_arguments(type(self).__name__, in_channels, out_channels, kernel_size, stride)
+        name = type(self).__name__
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv_geometry(
+            name, in_channels, out_channels, kernel_size, stride, padding, dilation
+        )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.conv_1x1 = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.conv_kx1 = nn.Conv2d(
-            out_channels, out_channels, (kh, 1), (sh, 1), ((kh - 1) // 2, 0), groups=out_channels, bias=False
+            out_channels, out_channels, (kh, 1), (sh, 1), (ph, 0), (dh, 1), groups=out_channels, bias=False
         )
         self.conv_1xk = nn.Conv2d(
-            out_channels, out_channels, (1, kw), (1, sw), (0, (kw - 1) // 2), groups=out_channels, bias=bias
+            out_channels, out_channels, (1, kw), (1, sw), (0, pw), (1, dw), groups=out_channels, bias=bias
         )
+
+    @classmethod
+    def _from_spec(cls, spec: ConvSpec) -> ConsecutiveConv2d:
+        return cls(**spec.kwargs())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_layer_input(self, x)
@@ -258,6 +338,10 @@ class ConsecutiveConv2d(RenamedMembers, _Rank1Chain, nn.Module):
         return self.conv_1xk.bias
 
     @property
+    def kernel_size(self) -> tuple[int, int]:
+        return self.conv_kx1.kernel_size[0], self.conv_1xk.kernel_size[1]
+
+    @property
     def stride(self) -> tuple[int, int]:
         return self.conv_kx1.stride[0], self.conv_1xk.stride[1]
 
@@ -265,6 +349,26 @@ class ConsecutiveConv2d(RenamedMembers, _Rank1Chain, nn.Module):
     def padding(self) -> tuple[int, int]:
         return self.conv_kx1.padding[0], self.conv_1xk.padding[1]
 
+    @property
+    def dilation(self) -> tuple[int, int]:
+        return self.conv_kx1.dilation[0], self.conv_1xk.dilation[1]
+
+    @torch.no_grad()
+    def fold_affine_(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Into the last conv (``conv_1xk``)."""
+        fold_into_(self.conv_1xk, self.conv_1xk.weight, scale, shift)
+
+    @torch.no_grad()
+    def reset_parameters(self, mode: InitMode = "fan_out", gain: float = HE_GAIN) -> None:
+        """He init of each of the three convs with its own fan; bias zero."""
+        for conv in (self.conv_1x1, self.conv_kx1, self.conv_1xk):
+            he_normal_(conv, mode, gain)
+
+    def _set_factors(self, t: torch.Tensor, q: torch.Tensor, p: torch.Tensor) -> None:
+        self.conv_1x1.weight.copy_(t[:, :, None, None])
+        self.conv_kx1.weight.copy_(q[:, None, :, None])
+        self.conv_1xk.weight.copy_(p[:, None, None, :])
+
     def describe(self) -> str:
-        kh, kw = self.conv_kx1.kernel_size[0], self.conv_1xk.kernel_size[1]
-        return f"1x1:{self.out_channels} -> dw {kh}x1 -> dw 1x{kw}"
+        kh, kw = self.kernel_size
+        return f"1x1:{self.out_channels} -> dw {kh}x1 -> dw 1x{kw}" + geometry_text(self.stride, self.dilation)

@@ -30,7 +30,6 @@ from ..data.loaders import TENSOR_SPECS
 from ..distributed import DistInfo, all_reduce_sum, collective, default_threads, env_info, setup, teardown
 from ..errors import ConfigError, RunDirectoryError, TrainingDiverged
 from ..evaluate import evaluate, main_logits
-from ..layers import Rank1Conv2d
 from ..models import model_info
 from ..utils import resolve_device
 from ..utils.losses import classification_loss
@@ -52,6 +51,12 @@ def input_size_for(config: TrainConfig) -> int | None:
         return config.input_size
     native, needed = TENSOR_SPECS[config.data].input_size, model_info(config.model).min_input_size
     return None if native >= needed else needed + (needed - native) % 2
+
+
+def constrained_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` with a ``constrain_()`` hook (e.g. every rank-1 layer), which the trainer calls
+    after the steps ``project_every``/``project_unit`` name and after the last step."""
+    return [m for m in model.modules() if callable(getattr(m, "constrain_", None))]
 
 
 class Trainer:
@@ -191,7 +196,7 @@ class Trainer:
         self.best_acc = -1.0
         self.reference_loss: float | None = None
         self.repaired: list[str] = []
-        self.constrained = [m for m in self.model.modules() if isinstance(m, Rank1Conv2d) and m.scheme == "projected"]
+        self.constrained = constrained_modules(self.model)
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -240,9 +245,10 @@ class Trainer:
         return classification_loss(output, target, self.config.label_smoothing, self.config.aux_weight)
 
     def project(self) -> None:
-        """Re-project every ``projected`` rank-1 layer onto rank-1 filters (identically on every rank)."""
+        """Apply every layer's constraint (``constrain_()``: e.g. re-project every ``projected`` rank-1 layer onto
+        rank-1 filters), identically on every rank."""
         for module in self.constrained:
-            module.project_()
+            module.constrain_()
 
     def on_step_end(self, epoch: int, step: int) -> None:
         """Hook called after every optimizer step (no-op; subclasses may override)."""
