@@ -65,3 +65,68 @@ def test_composite_init_keeps_gradients_flowing_and_naive_init_does_not():
     # blow up the same way going forward.
     assert naive_grad > 50 and naive_grad > 20 * composite_grad
     assert naive_act > 50
+
+
+def _same_weights(build_a, build_b) -> bool:
+    torch.manual_seed(0)
+    a = build_a().state_dict()
+    torch.manual_seed(0)
+    b = build_b().state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _family_cases():
+    from lowrankcnn.models.googlenet import GoogLeNet
+    from lowrankcnn.models.kim import KimCifarNet, KimMnistNet, conv_factory
+    from lowrankcnn.models.nin import NiN, lowrank_conv
+    from lowrankcnn.models.resnet import CifarResNet
+    from lowrankcnn.models.vgg import VGG, lr_rule
+
+    return {
+        "vgg11_gmp_lr": (lambda: VGG(lr_rule, 10, 1, 0.25), {"num_classes": 10, "in_chans": 1, "width_mult": 0.25}),
+        "nin_c3_lr": (lambda: NiN(*[lowrank_conv] * 4, (3, 3, 3), width_mult=0.25), {"width_mult": 0.25}),
+        "googlenet_lr": (
+            lambda: GoogLeNet(True, False, 10, width_mult=0.125),
+            {"num_classes": 10, "width_mult": 0.125},
+        ),
+        "kim_rank1_cifar10": (lambda: KimCifarNet(conv_factory("rank1"), width_mult=0.25), {"width_mult": 0.25}),
+        "kim_flat_mnist": (lambda: KimMnistNet(conv_factory("flat"), width_mult=0.25), {"width_mult": 0.25}),
+        "resnet20": (lambda: CifarResNet(3, width_mult=0.25), {"width_mult": 0.25}),
+    }
+
+
+@pytest.mark.parametrize("name", ["vgg11_gmp_lr", "nin_c3_lr", "googlenet_lr", "kim_rank1_cifar10", "kim_flat_mnist"])
+def test_a_model_initializes_itself_so_create_model_and_its_class_agree(name):
+    """Init belongs to the model: its constructor applies the family's rule (composite fan-out; GoogLeNet fan-in),
+    and ``create_model`` does not re-initialize, so both give the same weights under the same seed."""
+    from lowrankcnn import create_model
+
+    build, kwargs = _family_cases()[name]
+    assert _same_weights(build, lambda: create_model(name, **kwargs))
+    model = build()
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias") and ".bn" not in n]
+    assert biases and not any(b.any() for b in biases)  # init_weights_ ran (PyTorch's default biases are not zero)
+    composite = [m for m in model.modules() if isinstance(m, CompositeConv2d)]
+    if composite:  # the family's rule (composite fan-out; GoogLeNet fan-in) on its widest composite layer
+        conv = max(composite, key=lambda m: m.groups[0].weight.numel())
+        mode = "fan_in" if name.startswith("googlenet") else "fan_out"
+        for g, n_hat in zip(conv.groups, composite_fan(conv, mode), strict=True):
+            assert g.weight.std().item() == pytest.approx(math.sqrt(2 / n_hat), rel=0.2)
+
+
+def test_create_model_keeps_a_familys_own_init_and_passes_an_override_through():
+    from lowrankcnn import create_model
+    from lowrankcnn.models.googlenet import GoogLeNet
+    from lowrankcnn.models.resnet import CifarResNet
+
+    build, kwargs = _family_cases()["resnet20"]  # a family without init_mode: create_model leaves its init alone
+    assert _same_weights(build, lambda: create_model("resnet20", **kwargs))
+    assert _same_weights(
+        lambda: GoogLeNet(num_classes=10, width_mult=0.125, init_mode="fan_out"),
+        lambda: create_model("googlenet", num_classes=10, width_mult=0.125, init_mode="fan_out"),
+    )
+    torch.manual_seed(0)
+    overridden = create_model("resnet20", width_mult=0.25, init_mode="fan_in")  # applied after building
+    conv = overridden.layer1[0].conv1
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * conv.in_channels)), rel=0.15)
+    assert not _same_weights(lambda: CifarResNet(3, width_mult=0.25), lambda: overridden)

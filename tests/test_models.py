@@ -175,3 +175,31 @@ def test_models_use_composite_init_by_default():
 def test_bad_requests_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def conv_widths(name: str, width_mult: float) -> dict[str, int]:
+    """Output channels of every conv unit (dense or low-rank) of ``name``, by qualified name."""
+    from lowrankcnn.layers import LowRankConv2d
+    from lowrankcnn.profiling import outermost_units
+
+    model = meta_model(name, width_mult=width_mult)
+    units = outermost_units(model).items()
+    return {n: m.out_channels for m, n in units if isinstance(m, (torch.nn.Conv2d, LowRankConv2d))}
+
+
+@pytest.mark.parametrize("width_mult", [0.1, 0.37])
+@pytest.mark.parametrize("name", [n for n in list_models() if model_info(n).baseline])
+def test_low_rank_models_have_their_dense_twins_widths(name, width_mult):
+    """One rounding rule (``create_lowrank_conv``): a layer as wide as its twin's at full width is as wide at any
+    width; a layer of another width (lde's D/2, lr_2x's doubled conv5) keeps its ratio up to one channel."""
+    twin = model_info(name).baseline
+    full, twin_full = conv_widths(name, 1.0), conv_widths(twin, 1.0)
+    small, twin_small = conv_widths(name, width_mult), conv_widths(twin, width_mult)
+    shared = [n for n in full if n in twin_full]
+    assert len(shared) >= len(full) / 2
+    for layer in shared:
+        ratio = full[layer] / twin_full[layer]
+        if ratio == 1:
+            assert small[layer] == twin_small[layer], (layer, small[layer], twin_small[layer])
+        else:
+            assert abs(small[layer] - ratio * twin_small[layer]) <= 1, layer

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ShapeError
-from ..layers import ConsecutiveConv2d, Rank1Conv2d
+from ..layers import create_lowrank_conv, init_weights_
+from ..layers.init import InitMode
 from ..layers.rank1 import Rank1Scheme
 from ._common import check_input
 from .cfg import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, model_label
@@ -46,13 +47,11 @@ def conv_factory(kind: str, rank1_scheme: Rank1Scheme = "factors", shared_spatia
     ``shared_spatial`` (rank-1 only): the authors' ``num`` shared vertical and horizontal vectors per
     layer (True), or one vertical and one horizontal vector per filter (False, the paper's description).
     """
-    if kind == "rank1":
-        return lambda c, d, bias: Rank1Conv2d(c, d, 3, bias=bias, scheme=rank1_scheme, shared_spatial=shared_spatial)
-    if kind == "dense":
-        return lambda c, d, bias: nn.Conv2d(c, d, 3, padding=1, bias=bias)
-    if kind == "flat":
-        return lambda c, d, bias: ConsecutiveConv2d(c, d, 3, bias=bias)
-    raise ConfigError(f"unknown conv flavour {kind!r}")
+    options = {"scheme": rank1_scheme, "shared_spatial": shared_spatial} if kind == "rank1" else {}
+    method = {"rank1": "rank1", "dense": "dense", "flat": "consecutive"}.get(kind)
+    if method is None:
+        raise ConfigError(f"unknown conv flavour {kind!r}")
+    return lambda c, d, bias: create_lowrank_conv(method, c, d, 3, bias=bias, **options)
 
 
 def _square_width(num: int, width_mult: float) -> int:
@@ -82,7 +81,8 @@ class _FixedInputNet(nn.Module):
 class KimCifarNet(_FixedInputNet):
     """The authors' CIFAR-10 network. Input ``(N, in_chans, input_size, input_size)``, output ``(N, num_classes)``.
 
-    ``bn=False`` drops the three batch-norm layers (for the trainability experiment).
+    ``bn=False`` drops the three batch-norm layers (for the trainability experiment). The net initializes itself
+    with ``init_weights_(self, init_mode)``.
     """
 
     min_input_size = 8
@@ -96,6 +96,7 @@ class KimCifarNet(_FixedInputNet):
         input_size: int = 32,
         dropout: float = 0.5,
         bn: bool = True,
+        init_mode: InitMode = "fan_out",
     ) -> None:
         super().__init__()
         self.in_chans, self.input_size = in_chans, input_size
@@ -126,10 +127,12 @@ class KimCifarNet(_FixedInputNet):
                 fc3=nn.Linear(h2, num_classes),
             )
         )
+        init_weights_(self, init_mode)
 
 
 class KimMnistNet(_FixedInputNet):
-    """The authors' MNIST network (linear conv stack). Input ``(N, in_chans, 28, 28)``."""
+    """The authors' MNIST network (linear conv stack). Input ``(N, in_chans, 28, 28)``; it initializes itself
+    with ``init_weights_(self, init_mode)``."""
 
     def __init__(
         self,
@@ -139,6 +142,7 @@ class KimMnistNet(_FixedInputNet):
         width_mult: float = 1.0,
         input_size: int = 28,
         dropout: float = 0.5,
+        init_mode: InitMode = "fan_out",
     ) -> None:
         super().__init__()
         self.in_chans, self.input_size = in_chans, input_size
@@ -166,6 +170,7 @@ class KimMnistNet(_FixedInputNet):
         self.classifier = nn.Sequential(
             OrderedDict([*hidden(1, c * side * side, h1), *hidden(2, h1, h2), ("fc3", nn.Linear(h2, num_classes))])
         )
+        init_weights_(self, init_mode)
 
 
 _NOTE = (

@@ -15,7 +15,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from ..layers import CompositeConv2d, Rank1Conv2d
+from ..layers import create_lowrank_conv, init_weights_
+from ..layers.init import InitMode
 from ..layers.rank1 import Rank1Scheme
 from ._common import check_input
 from .cfg import CIFAR10_MEAN, CIFAR10_STD, model_label
@@ -24,21 +25,15 @@ from .registry import register_model, scale_width
 SpatialConv = Callable[[int, int, int], nn.Module]
 """``(in_channels, out_channels, kernel_size) -> module`` for NiN's spatial convs."""
 
-
-def dense_conv(c: int, d: int, k: int) -> nn.Module:
-    """A dense k x k conv, "same" padding."""
-    return nn.Conv2d(c, d, k, 1, k // 2)
-
-
-def lowrank_conv(c: int, d: int, k: int) -> nn.Module:
-    """Composite k x 1, D/2 | 1 x k, D/2 (D out)."""
-    half = max(1, d // 2)
-    return CompositeConv2d(c, [(k, 1, half), (1, k, d - half)])
+dense_conv: SpatialConv = partial(create_lowrank_conv, "dense")
+"""A dense k x k conv, "same" padding."""
+lowrank_conv: SpatialConv = partial(create_lowrank_conv, "lr")
+"""Composite k x 1, D/2 | 1 x k, D/2 (D out)."""
 
 
 def rank1_conv(c: int, d: int, k: int, scheme: Rank1Scheme = "factors") -> nn.Module:
     """A rank-1 k x k conv (Kim et al.)."""
-    return Rank1Conv2d(c, d, k, scheme=scheme)
+    return create_lowrank_conv("rank1", c, d, k, scheme=scheme)
 
 
 class NiN(nn.Module):
@@ -51,6 +46,7 @@ class NiN(nn.Module):
         num_classes, in_chans, width_mult: as in ``create_model``.
         dropout: dropout probability after each of the first two pools.
         bn: batch norm after every conv, before its ReLU (the paper's NiN has none).
+        init_mode: the model initializes itself with ``init_weights_(self, init_mode)`` (the composite rule).
 
     Input ``(N, in_chans, H, W)`` with ``H, W >= 5``; output ``(N, num_classes)``.
     """
@@ -69,6 +65,7 @@ class NiN(nn.Module):
         width_mult: float = 1.0,
         dropout: float = 0.5,
         bn: bool = False,
+        init_mode: InitMode = "fan_out",
     ) -> None:
         super().__init__()
         self.in_chans = in_chans
@@ -100,6 +97,7 @@ class NiN(nn.Module):
         add("cccp6", nn.Conv2d(c, num_classes, 1))
         self.features = nn.Sequential(layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        init_weights_(self, init_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, model_label(self), self.in_chans, self.min_input_size)

@@ -57,7 +57,7 @@ class ModelInfo:
         kwargs: the keyword arguments users may pass to ``create_model`` and their annotations.
         recipe: training settings (``TrainConfig`` fields, ``model_kwargs`` included) that make this model
             learn; used where a run does not set them.
-        init_mode: the init rule ``create_model`` uses by default (``"fan_in"`` where fan-out
+        init_mode: the init rule the family applies in its constructor by default (``"fan_in"`` where fan-out
             init makes the activations grow through the network, as in GoogLeNet).
     """
 
@@ -80,6 +80,16 @@ class ModelInfo:
 
 _builders: dict[str, Callable[..., nn.Module]] = {}
 _infos: dict[str, ModelInfo] = {}
+_takes_init_mode: dict[str, bool] = {}
+"""Whether a model's family class takes ``init_mode`` (then ``create_model`` passes an override to it)."""
+
+
+def _family_init_mode(kwargs_of: type | None) -> InitMode | None:
+    """The default ``init_mode`` of the family's ``__init__``, or ``None`` if it takes none."""
+    if kwargs_of is None:
+        return None
+    param = inspect.signature(kwargs_of.__init__).parameters.get("init_mode")
+    return None if param is None else param.default
 
 
 def _user_kwargs(fn: Callable[..., nn.Module], kwargs_of: type | None, names: tuple[str, ...]) -> dict[str, Any]:
@@ -114,13 +124,16 @@ def register_model(
     kwargs_of: type | None = None,
     user_kwargs: tuple[str, ...] = (),
     recipe: Mapping[str, Any] | None = None,
-    init_mode: InitMode = "fan_out",
+    init_mode: InitMode | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a builder ``fn(num_classes, in_chans, width_mult, **kwargs)`` under its name.
 
     Every argument but the native input size and class count is a keyword (see :class:`ModelInfo`);
     ``kwargs_of`` and ``user_kwargs`` declare the keywords ``**kwargs`` forwards (see the module doc).
+    A model initializes itself in its constructor; ``init_mode`` (``None``: the default of ``kwargs_of``'s
+    ``init_mode`` parameter, else ``"fan_out"``) records which rule it uses by default.
     """
+    family_mode = _family_init_mode(kwargs_of)
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if fn.__name__ in _builders:
@@ -141,8 +154,9 @@ def register_model(
             published_in_training=published_in_training,
             kwargs=_user_kwargs(fn, kwargs_of, user_kwargs),
             recipe=dict(recipe or {}),
-            init_mode=init_mode,
+            init_mode=init_mode or family_mode or "fan_out",
         )
+        _takes_init_mode[fn.__name__] = family_mode is not None
         return fn
 
     return wrap
@@ -219,7 +233,7 @@ def create_model(
     init_mode: InitMode | None = None,
     **kwargs: object,
 ) -> nn.Module:
-    """Build a registered model with freshly initialized weights.
+    """Build a registered model; it initializes its own weights (the family's rule, see ``init_mode``).
 
     Args:
         name: registry name (see ``list_models()``).
@@ -229,8 +243,9 @@ def create_model(
             (3, or 1 for the MNIST nets).
         width_mult: scales every channel width and hidden FC width, keeping each
             layer's basis proportions (CPU-sized twins use e.g. 0.25); at most ``MAX_WIDTH_MULT``.
-        init_mode: ``"fan_out"`` (the paper's composite init) or ``"fan_in"``; ``None``: the model's own
-            default (``model_info(name).init_mode``).
+        init_mode: ``None`` keeps the model's own initialization (``model_info(name).init_mode`` names its rule);
+            ``"fan_out"`` (the paper's composite init) or ``"fan_in"`` overrides it: passed to the family's
+            constructor when it takes ``init_mode``, else applied with ``init_weights_`` after building.
         **kwargs: the model's own keywords (``model_info(name).kwargs``, e.g. ``dropout``), checked by
             :func:`validate_model_kwargs`.
 
@@ -248,7 +263,10 @@ def create_model(
     info = _infos[name]
     classes = num_classes if num_classes is not None else info.num_classes
     in_chans = in_chans if in_chans is not None else info.in_chans
-    build = lambda: _builders[name](num_classes=classes, in_chans=in_chans, width_mult=float(width_mult), **kwargs)  # noqa: E731
+    passed = {"init_mode": init_mode} if init_mode is not None and _takes_init_mode[name] else {}
+    build = lambda: _builders[name](  # noqa: E731
+        num_classes=classes, in_chans=in_chans, width_mult=float(width_mult), **kwargs, **passed
+    )
     if torch.get_default_device().type != "meta":
         with torch.device("meta"):
             weight_bytes = sum(p.numel() * p.element_size() for p in build().parameters())
@@ -271,7 +289,9 @@ def create_model(
         classifier=info.classifier,
         baseline=info.baseline,
     )
-    return init_weights_(model, mode=init_mode or info.init_mode)  # type: ignore[arg-type]
+    if init_mode is not None and not passed:
+        init_weights_(model, mode=init_mode)
+    return model
 
 
 def scale_width(channels: float, width_mult: float) -> int:

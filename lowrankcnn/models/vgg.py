@@ -2,7 +2,9 @@
 
 Every conv layer of VGG-11 is replaced according to the variant's *rule*, a
 function ``rule(in_channels, width, stride) -> module`` where ``width`` is the
-layer's (already width-scaled) VGG width ``D``. Each conv (or composite conv)
+layer's (already width-scaled) VGG width ``D``; every rule is a call of
+``create_lowrank_conv`` (one rounding rule for the basis groups, so a low-rank
+variant has its dense twin's widths at any ``width_mult``). Each conv (or composite conv)
 is followed by ReLU; a 2x2 max pool follows conv1, conv2, conv3b, conv4b and
 conv5b. The ``gmp`` variants replace the last pool with a global max pool, so
 fc6 is ``C x 4096`` instead of ``7*7*512 x 4096``.
@@ -17,11 +19,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..layers import CompositeConv2d, Rank1Conv2d, SeparableConv2d
+from ..layers import init_weights_
+from ..layers.composite import Part
+from ..layers.factory import LowRankMethod, create_lowrank_conv
+from ..layers.init import InitMode
 from ..layers.rank1 import Rank1Scheme
 from ._common import check_input
 from .cfg import model_label
@@ -40,46 +46,39 @@ VGG11_CONVS: tuple[tuple[str, int, bool], ...] = (
     ("conv5a", 512, False),
     ("conv5b", 512, True),
 )
+LDE_PARTS: tuple[Part, ...] = (("kx1", 3), ("1xk", 3), ("kxk", 1))
+"""The low-dimensional embedding's basis 3D/4 | 3D/4 | D/4: a 3:3:1 split of 7D/4 filters."""
 
 
-def _n(x: float) -> int:
-    return max(1, int(round(x)))
+def vgg_rule(method: LowRankMethod, out_factor: float = 1.0, basis_factor: float | None = None, **kw: Any) -> ConvRule:
+    """``rule(c, d, stride)``: a 3x3 ``create_lowrank_conv(method, ...)`` with ``round(out_factor * d)`` outputs and,
+    if given, ``round(basis_factor * d)`` basis filters."""
+
+    def rule(c: int, d: int, stride: int) -> nn.Module:
+        basis = {} if basis_factor is None else {"basis_width": scale_width(d, basis_factor)}
+        return create_lowrank_conv(method, c, scale_width(d, out_factor), 3, stride, **kw, **basis)
+
+    rule.__doc__ = f"VGG conv by create_lowrank_conv({method!r})"
+    return rule
 
 
-def dense_rule(c: int, d: int, stride: int) -> nn.Module:
-    """3x3, D."""
-    return nn.Conv2d(c, d, 3, stride, 1)
-
-
-def sf_rule(c: int, d: int, stride: int) -> nn.Module:
-    """1x3, D -> 3x1, D (sequential)."""
-    return SeparableConv2d(c, d, 3, stride)
-
-
-def lr_rule(c: int, d: int, stride: int) -> nn.Module:
-    """3x1, D/2 | 1x3, D/2."""
-    return CompositeConv2d(c, [(3, 1, _n(d / 2)), (1, 3, _n(d / 2))], stride)
-
-
-def lr_join_rule(c: int, d: int, stride: int) -> nn.Module:
-    """3x1, D/2 | 1x3, D/2 -> 1x1, D."""
-    return CompositeConv2d(c, [(3, 1, _n(d / 2)), (1, 3, _n(d / 2))], stride, join=d)
-
-
-def wfull_rule(c: int, d: int, stride: int) -> nn.Module:
-    """3x1, 3D/8 | 1x3, 3D/8 | 3x3, D/4 -> 1x1, D."""
-    return CompositeConv2d(c, [(3, 1, _n(3 * d / 8)), (1, 3, _n(3 * d / 8)), (3, 3, _n(d / 4))], stride, join=d)
-
-
-def lde_rule(c: int, d: int, stride: int) -> nn.Module:
-    """3x1, 3D/4 | 1x3, 3D/4 | 3x3, D/4 -> 1x1, D/2."""
-    basis = [(3, 1, _n(3 * d / 4)), (1, 3, _n(3 * d / 4)), (3, 3, _n(d / 4))]
-    return CompositeConv2d(c, basis, stride, join=_n(d / 2))
+dense_rule = vgg_rule("dense")
+"""3x3, D."""
+sf_rule = vgg_rule("sf")
+"""1x3, D -> 3x1, D (sequential)."""
+lr_rule = vgg_rule("lr")
+"""3x1, D/2 | 1x3, D/2."""
+lr_join_rule = vgg_rule("lr_join")
+"""3x1, D/2 | 1x3, D/2 -> 1x1, D."""
+wfull_rule = vgg_rule("lr_wfull")
+"""3x1, 3D/8 | 1x3, 3D/8 | 3x3, D/4 -> 1x1, D."""
+lde_rule = vgg_rule("lr_wfull", out_factor=0.5, basis_factor=1.75, parts=LDE_PARTS)
+"""3x1, 3D/4 | 1x3, 3D/4 | 3x3, D/4 -> 1x1, D/2."""
 
 
 def rank1_rule(c: int, d: int, stride: int, scheme: Rank1Scheme = "factors") -> nn.Module:
     """Rank-1 3x3, D (Kim et al.): every filter an outer product of 1-D vectors."""
-    return Rank1Conv2d(c, d, 3, stride, scheme=scheme)
+    return create_lowrank_conv("rank1", c, d, 3, stride, scheme=scheme)
 
 
 class VGG(nn.Module):
@@ -95,6 +94,7 @@ class VGG(nn.Module):
         dropout: dropout probability after fc6 and fc7.
         bn: batch norm after every conv layer, before its ReLU (like torchvision's
             ``vgg11_bn``; the paper's models have none).
+        init_mode: the model initializes itself with ``init_weights_(self, init_mode)`` (the composite rule).
 
     Input ``(N, in_chans, H, W)``, output logits ``(N, num_classes)``.
     """
@@ -111,6 +111,7 @@ class VGG(nn.Module):
         fc_width: int = 4096,
         dropout: float = 0.5,
         bn: bool = False,
+        init_mode: InitMode = "fan_out",
     ) -> None:
         super().__init__()
         self.in_chans = in_chans
@@ -141,6 +142,7 @@ class VGG(nn.Module):
                 fc8=nn.Linear(hidden, num_classes),
             )
         )
+        init_weights_(self, init_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, model_label(self), self.in_chans, 1)
