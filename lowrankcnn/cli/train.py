@@ -6,6 +6,7 @@ import argparse
 import typing
 from pathlib import Path
 
+from ..convert import CONVERT_METHODS
 from ..data import DATASETS
 from ..demo import compare
 from ..errors import ConfigError
@@ -60,6 +61,7 @@ CONFIG_FLAGS = (
     "project_unit",
     "threads",
     "dist_timeout",
+    "lowrank",
 )
 """``train`` flags that are :class:`TrainConfig` fields of the same name (``None``: not given)."""
 
@@ -188,6 +190,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--project-every", type=int, help="projected scheme: re-project every N epochs (or steps, --project-unit)"
     )
     p.add_argument("--project-unit", choices=PROJECT_UNITS)
+    p.add_argument(
+        "--lowrank",
+        choices=CONVERT_METHODS,
+        help="convert the model's convs with this method before training (lowrankcnn convert; any zoo model)",
+    )
     p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--seed", type=int)

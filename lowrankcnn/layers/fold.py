@@ -32,6 +32,7 @@ from torch import nn
 
 from ._deprecation import warn_renamed
 from .base import LowRankConv2d, batchnorm_affine, fold_into_
+from .fold_graph import after_fold, fold_traced_batchnorms_, unfolded_batchnorms
 
 BATCH_NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 """The batch-norm layers (a lazy one becomes one of these on its first call): what ``fold_batchnorms_`` may fold
@@ -140,7 +141,9 @@ def _why_not(
 def fold_batchnorms_(
     model: nn.Module, calls: Mapping[nn.Module, int] | None = None, *, keep_all: str | None = None
 ) -> Folds:
-    """Fold every batch norm that directly follows a foldable layer in an ``nn.Sequential``, where exact.
+    """Fold every batch norm that directly follows a foldable layer, where exact: neighbours in an ``nn.Sequential``,
+    then (with ``calls``) pairs the traced data flow shows (:mod:`~lowrankcnn.layers.fold_graph`: residual blocks
+    that call ``self.conv1``/``self.bn1``). Every batch norm left is in ``kept`` with the reason.
 
     Args:
         model: an eval-mode copy (its weights are rewritten; folded batch norms become ``nn.Identity``,
@@ -163,7 +166,7 @@ def fold_batchnorms_(
         for before, key in zip(keys, keys[1:], strict=False):
             bn, layer = parent._modules[key], parent._modules[before]
             qualified = f"{prefix}.{key}" if prefix else key
-            if not isinstance(bn, BATCH_NORM_TYPES) or bn.running_mean is None or layer is None:
+            if not isinstance(bn, BATCH_NORM_TYPES) or after_fold(bn) is None or bn.running_mean is None or not layer:
                 continue
             path = fold_path(layer, bn.num_features)
             if path is None:
@@ -177,6 +180,10 @@ def fold_batchnorms_(
                 path[-1].fold_batchnorm_(bn)
             else:
                 fold_affine_(layer, *batchnorm_affine(bn))
-            parent._modules[key] = nn.Identity()
+            parent._modules[key] = after_fold(bn)
             result.folded.append(qualified)
+    if calls is not None and keep_all is None:  # blocks that call their layers as attributes: the traced graph
+        fold_traced_batchnorms_(model, calls, result.folded, result.kept)
+    for name, why in unfolded_batchnorms(model, result.kept).items():
+        result.kept[name] = keep_all or why
     return result

@@ -1,6 +1,6 @@
 """Architectures registered by name; build them with ``create_model``."""
 
-from . import googlenet, kim, nin, resnet, vgg  # noqa: F401  (registering the families)
+from . import googlenet, kim, nin, resnet, resnet_lowrank, vgg  # noqa: F401  (registering the families)
 from .cfg import ModelCfg, model_cfg
 from .published import PublishedCheck, compare_published
 from .registry import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ShapeError
+from ..layers.fold_graph import TRACE_OPAQUE_FUNCTIONS
 
 
 def check_input(x: torch.Tensor, name: str, in_chans: int, min_input_size: int) -> None:
@@ -18,3 +19,6 @@ def check_input(x: torch.Tensor, name: str, in_chans: int, min_input_size: int) 
         raise ShapeError(
             f"{name}: input {tuple(x.shape[-2:])} is too small; this architecture needs H and W >= {min_input_size}"
         )
+
+
+TRACE_OPAQUE_FUNCTIONS.append(check_input)  # torch.fx records the check instead of tracing its shape tests

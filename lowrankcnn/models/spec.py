@@ -8,6 +8,7 @@ all describe models with it, and ``spec.create()`` is the one place they are bui
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -82,3 +83,22 @@ class ModelSpec:
             "width_mult": self.width_mult,
             "kwargs": dict(self.kwargs),
         }
+
+
+def import_factory(path: str) -> Callable[..., nn.Module]:
+    """The function named by ``"package.module:function"`` (importing the module runs its code: name only your own).
+
+    Raises:
+        ConfigError: not of that form, a module that cannot be imported, or a name that is not callable.
+    """
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr.isidentifier():
+        raise ConfigError(f"{path!r} is not a registry name or a factory 'package.module:function'", param="model")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"cannot import {module_name!r} for the factory {path!r} ({err})", param="model") from err
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"{module_name} has no function {attr!r} (from {path!r})", param="model")
+    return factory

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..convert import convert
 from ..data import DataBundle
 from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, LowRankCNNError
 from ..models import model_info
@@ -177,11 +178,15 @@ def build_model(config: TrainConfig, info: dict[str, Any]) -> nn.Module:
     if "input_size" in model_info(config.model).kwargs and "input_size" not in spec.kwargs:
         spec = spec.with_kwargs(input_size=info["input_size"])
     model = spec.create()
+    if config.lowrank is not None:
+        model, _ = convert(model, config.lowrank, inplace=True)
     cfg = model_cfg(model)
-    if cfg is not None:  # the model declares the data it is trained on
+    if cfg is not None:  # the model declares the data it is trained on (and, converted, its dense original)
         mean, std = info.get("mean"), info.get("std")
+        converted = {} if config.lowrank is None else {"name": f"{cfg.name}+{config.lowrank}", "baseline": cfg.name}
         model.default_cfg = replace(
             cfg,
+            **converted,
             input_size=info["input_size"],
             mean=None if mean is None else tuple(mean),
             std=None if std is None else tuple(std),

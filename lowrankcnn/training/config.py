@@ -13,6 +13,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from ..convert import CONVERT_METHODS, ConvertMethod
 from ..errors import ConfigError
 from ..models import ModelSpec, model_info, validate_model_kwargs
 from ..utils import resolve_device
@@ -32,7 +33,9 @@ class TrainConfig:
     """Everything that defines a run (saved in every checkpoint and in ``config.json``).
 
     ``threads=None`` means torch's current setting, which the trainer then records here, so a resumed
-    run uses the same count. ``dist_timeout`` (seconds) bounds how long a data-parallel rank waits for
+    run uses the same count. ``lowrank`` converts the model's convs with that method before training
+    (``lowrankcnn.convert``: the model trains low-rank from scratch).
+    ``dist_timeout`` (seconds) bounds how long a data-parallel rank waits for
     the others before the job fails. Field names are the keyword arguments of the library and the
     dashed flags of ``lowrankcnn train``.
     """
@@ -66,6 +69,7 @@ class TrainConfig:
     threads: int | None = None
     dist_timeout: float = 300.0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    lowrank: ConvertMethod | None = None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for an impossible setting (the model keywords included)."""
@@ -102,6 +106,10 @@ class TrainConfig:
         if not self.model:
             raise ConfigError("no model given: pass $model (a registry name, e.g. vgg11_gmp_lr)", param="model")
         validate_model_kwargs(self.model, self.model_kwargs)
+        if self.lowrank is not None and self.lowrank not in CONVERT_METHODS:
+            raise ConfigError(
+                f"$lowrank must be one of {', '.join(CONVERT_METHODS)}, got {self.lowrank!r}", param="lowrank"
+            )
         resolve_device(self.device)
 
     @classmethod
