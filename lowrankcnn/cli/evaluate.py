@@ -58,11 +58,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model, config, state, data = _trained_model_and_test_data(args, args.batch_size, args.test_subset, args.workers)
     result = evaluate(model, data.test, data.num_classes, confusion=bool(args.confusion))
     print(
-        f"{config.model} (epoch {state['epoch']}) on {data.name} test, {result.n} images: "
+        f"{config.model_label} (epoch {state['epoch']}) on {data.name} test, {result.n} images: "
         f"top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  loss {result.loss:.4f}"
     )
     if args.confusion:
-        plot_confusion(result.confusion, data.class_names, args.confusion, f"{config.model} on {data.name}")
+        plot_confusion(result.confusion, data.class_names, args.confusion, f"{config.model_label} on {data.name}")
         print(f"confusion matrix written to {args.confusion}")
         pairs = most_confused(result.confusion, data.class_names, 10)
         if pairs:
@@ -76,7 +76,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
     images = torch.cat([x for x, _ in data.test])
     rows = output_rank(model, images)
     print(
-        f"{config.model} (epoch {state['epoch']}): output ranks on {images.shape[0]} {data.name} test images "
+        f"{config.model_label} (epoch {state['epoch']}): output ranks on {images.shape[0]} {data.name} test images "
         f"({rows[0].positions if rows else 0} positions at the first layer)"
     )
     print(rank_table(rows))

@@ -40,7 +40,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     )
     c, s, _ = report.input_shape
     print(
-        f"{config.model} (epoch {state['epoch']}, deploy {args.deploy}) exported to {report.path} as {args.format}: "
+        f"{config.model_label} (epoch {state['epoch']}, deploy {args.deploy}) exported to {report.path} as "
+        f"{args.format}: "
         f"input (N, {c}, {s}, {s}) float32; max |difference| vs PyTorch on random inputs {report.max_abs_diff:.2e} "
         f"(outputs up to {report.output_scale:.2f})"
     )

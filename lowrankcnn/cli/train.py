@@ -105,12 +105,14 @@ def cmd_train(args: argparse.Namespace) -> None:
                 )
             return
         if args.resume and main:
-            print(f"resuming {trainer.config.model} in {where} after epoch {trainer.epoch} of {trainer.config.epochs}")
+            label, total = trainer.config.model_label, trainer.config.epochs
+            print(f"resuming {label} in {where} after epoch {trainer.epoch} of {total}")
         history = trainer.fit()
         if main and history:
             best = max(r["test_acc"] for r in history)
             print(
-                f"done: {trainer.config.model}, {len(history)} epochs, final test acc {history[-1]['test_acc']:.4f}, "
+                f"done: {trainer.config.model_label}, {len(history)} epochs, "
+                f"final test acc {history[-1]['test_acc']:.4f}, "
                 f"best {best:.4f}; checkpoints in {where}"
             )
 

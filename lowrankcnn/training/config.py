@@ -140,6 +140,11 @@ class TrainConfig:
         """The saved form (plain JSON values)."""
         return asdict(self)
 
+    @property
+    def model_label(self) -> str:
+        """How messages name the run's model: ``"resnet20"``, or ``"resnet20+lr"`` converted (its cfg name)."""
+        return self.model if self.lowrank is None else f"{self.model}+{self.lowrank}"
+
     def model_spec(self, num_classes: int | None = None, in_chans: int | None = None) -> ModelSpec:
         """The run's model, sized for a data set with ``num_classes`` classes and ``in_chans`` channels."""
         return ModelSpec(self.model, num_classes, in_chans, self.width_mult, dict(self.model_kwargs))

@@ -47,7 +47,7 @@ def train_or_reuse(
         if not differences and saved.epochs == config.epochs:
             with Trainer.resume(config.out, progress=progress, verbose=verbose) as trainer:
                 if not trainer.finished and verbose:
-                    print(f"resuming {config.model} in {config.out} after epoch {trainer.epoch}", flush=True)
+                    print(f"resuming {config.model_label} in {config.out} after epoch {trainer.epoch}", flush=True)
                 return trainer.fit()
         if not overwrite:
             changed = "; ".join(differences) or f"epochs {saved.epochs} -> {config.epochs}"
@@ -57,5 +57,5 @@ def train_or_reuse(
             )
     with Trainer(config, progress=progress, overwrite=overwrite, verbose=verbose) as trainer:
         if verbose:
-            print(f"training {config.model} for {config.epochs} epochs in {config.out}", flush=True)
+            print(f"training {config.model_label} for {config.epochs} epochs in {config.out}", flush=True)
         return trainer.fit()
