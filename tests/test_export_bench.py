@@ -100,7 +100,7 @@ def test_bench_settings_are_checked():
     with pytest.raises(ValueError, match="training step times the model as trained"):
         bench("nin_c3_lr", settings=BenchSettings(train=True, deploy="factorized"))
     with pytest.raises(ValueError, match="unknown model"):
-        bench("resnet50")
+        bench("no_such_model")
     with pytest.raises(ValueError, match="deploy must be one of"):
         bench("nin_c3_lr", settings=BenchSettings(deploy="fast"))
 
@@ -112,7 +112,10 @@ def test_cli_bench_json_auto_deploy(capsys):
     )
     d = json.loads(capsys.readouterr().out)
     assert d["baseline"] == "kim_dense_cifar10" and d["channels_last"] and d["deploy"] == "auto"
-    assert len(d["deploy_choices"]) == 6 and all(c["form"] in ("factorized", "dense") for c in d["deploy_choices"])
+    layers = [c for c in d["deploy_choices"] if c["form"] != "unfolded"]
+    assert len(layers) == 6 and all(c["form"] in ("factorized", "dense") for c in layers)
+    kept = [c for c in d["deploy_choices"] if c["form"] == "unfolded"]  # the Kim CIFAR net's BNs after its ReLUs
+    assert len(kept) == 3 and all(c["note"] for c in kept)
     assert main([*args, "--train", "--deploy", "dense"]) == 2
     assert "use --deploy none with --train" in capsys.readouterr().err
 
