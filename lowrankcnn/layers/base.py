@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from ..errors import ConfigError
-from ._checks import int_pair, positive_int, positive_pair, same_padding
+from ._checks import conv_geometry
 from .conv_from_weights import conv2d_from_weights
 
 InitMode = Literal["fan_out", "fan_in"]
@@ -60,14 +60,12 @@ class ConvSpec:
         layer: str = "ConvSpec",
     ) -> ConvSpec:
         """Checked and normalized; ``padding=None`` is "same" padding (``(k - 1) // 2 * dilation`` per axis)."""
-        positive_int(in_channels, "in_channels", layer)
-        positive_int(out_channels, "out_channels", layer)
-        kernel = positive_pair(kernel_size, "kernel_size", layer)
-        dil = positive_pair(dilation, "dilation", layer)
-        pad = same_padding(kernel, dil) if padding is None else int_pair(padding, "padding", layer, minimum=0)
+        kernel, stride_hw, pad, dil = conv_geometry(
+            layer, in_channels, out_channels, kernel_size, stride, padding, dilation
+        )
         if not isinstance(bias, bool):
             raise ConfigError(f"{layer}: bias must be True or False, got {bias!r}")
-        return cls(in_channels, out_channels, kernel, positive_pair(stride, "stride", layer), pad, dil, bias)
+        return cls(in_channels, out_channels, kernel, stride_hw, pad, dil, bias)
 
     @classmethod
     def of(cls, conv: nn.Module, layer: str = "from_conv") -> ConvSpec:
