@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .layers import ConvSpec, LowRankConv2d
 from .layers.factory import LAYERS
 from .models.cfg import model_cfg
-from .profiling import profile
+from .profiling import image_shape, profile
 from .tables import format_table
 
 ConvertMethod = Literal["lr", "lr_join", "lr_wfull", "sf", "rank1", "consecutive"]
@@ -157,16 +157,12 @@ def _check_arguments(model: object, method: str, init: str, min_channels: object
 
 
 def _input_size(model: nn.Module, input_size: int | Sequence[int] | None) -> tuple[int, int, int] | None:
-    """``(C, H, W)`` to count MACs at: the argument, else the model's declared input (``default_cfg``)."""
+    """``(C, H, W)`` to count MACs at: the argument (checked as ``profile`` checks it), else the model's declared
+    input (``default_cfg``)."""
     if input_size is None:
         cfg = model_cfg(model)
         return None if cfg is None else (cfg.in_chans, cfg.input_size, cfg.input_size)
-    if isinstance(input_size, int):
-        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        chans = model_cfg(model).in_chans if model_cfg(model) else first.in_channels if first else 3
-        return (chans, input_size, input_size)
-    size = tuple(input_size)
-    return (size[0], size[1], size[2]) if len(size) == 3 else None
+    return image_shape(model, input_size, None)
 
 
 def convert(
@@ -180,6 +176,7 @@ def convert(
     init: ConvertInit = "composite",
     inplace: bool = False,
     input_size: int | Sequence[int] | None = None,
+    count: bool = True,
     **method_options: Any,
 ) -> tuple[nn.Module, ConversionReport]:
     """Replace the eligible convs of ``model`` by ``method``'s low-rank layer (see the module doc).
@@ -196,6 +193,8 @@ def convert(
         inplace: change ``model`` itself instead of a deep copy.
         input_size: ``(C, H, W)`` or a square size to count MACs at (default: the model's ``default_cfg``; without
             either, the report has parameters only).
+        count: count MACs for the report (a ``profile`` forward pass before and after); ``False`` when only the
+            converted model is wanted (the report then has parameters only).
         **method_options: the method's own options (composite: ``parts``, ``basis_width``; rank1: ``scheme``,
             ``shared_spatial``), as ``create_lowrank_conv`` takes them.
 
@@ -208,7 +207,7 @@ def convert(
     """
     _check_arguments(model, method, init, min_channels, method_options)
     params_before = sum(p.numel() for p in model.parameters())
-    size = _input_size(model, input_size)
+    size = _input_size(model, input_size) if count else None
     before = profile(model, size) if size else None
     target = model if inplace else copy.deepcopy(model)
     report = ConversionReport(method, init, size)

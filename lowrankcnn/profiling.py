@@ -172,8 +172,8 @@ def input_channels(model: nn.Module) -> int | None:
     return None
 
 
-def _input_shape(model: nn.Module, input_size: int | Sequence[int], in_chans: int | None) -> tuple[int, int, int]:
-    """``(C, H, W)`` of one image from ``profile``'s arguments (see there)."""
+def image_shape(model: nn.Module, input_size: int | Sequence[int], in_chans: int | None) -> tuple[int, int, int]:
+    """``(C, H, W)`` of one image from ``profile``'s arguments (see there), checked."""
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if not 2 <= len(size) <= 3 or not all(type(s) is int and 0 < s for s in size):
         raise ConfigError(
@@ -234,7 +234,7 @@ def profile(
         raise ConfigError(
             f"profile: $rank1_form must be 'decomposed' or 'assembled', got {rank1_form!r}", param="rank1_form"
         )
-    size = _input_shape(model, input_size, in_chans)
+    size = image_shape(model, input_size, in_chans)
 
     units = outermost_units(model)
     rows: list[LayerRow] = []

@@ -152,3 +152,20 @@ def test_a_converted_resnet20_learns_fashion_mnist(tmp_path):
         history = trainer.fit()
     assert history[-1]["test_acc"] > 0.55  # chance is 0.1
     assert any(isinstance(m, LowRankConv2d) for m in trainer.model.modules())
+
+
+def test_count_false_converts_the_same_without_counting():
+    model = create_model("resnet20", width_mult=0.5)
+    torch.manual_seed(0)
+    counted, report = convert(model, "lr")
+    torch.manual_seed(0)
+    quiet, bare = convert(model, "lr", count=False)
+    assert report.macs_after is not None and bare.macs_after is None and bare.input_size is None
+    assert [c.name for c in bare.converted] == [c.name for c in report.converted]
+    pairs = zip(counted.state_dict().values(), quiet.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_a_bad_input_size_is_an_error_not_a_silent_report_without_macs():
+    with pytest.raises(ConfigError, match="input_size must be S, \\(H, W\\) or \\(C, H, W\\)"):
+        convert(create_model("resnet20", width_mult=0.5), "lr", input_size=(3, 32, 32, 1))

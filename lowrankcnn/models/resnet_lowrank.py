@@ -23,7 +23,8 @@ def _variant(dense: Callable[..., nn.Module], method: str) -> Callable[..., nn.M
     def build(num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0, **kwargs) -> nn.Module:
         from ..convert import convert  # lowrankcnn.convert imports the profiler, which imports this package
 
-        model, _ = convert(dense(num_classes, in_chans, width_mult, **kwargs), method, inplace=True, min_channels=1)
+        dense_model = dense(num_classes, in_chans, width_mult, **kwargs)
+        model, _ = convert(dense_model, method, inplace=True, min_channels=1, count=False)
         return model
 
     build.__name__ = build.__qualname__ = f"{dense.__name__}_{method}"

@@ -179,7 +179,7 @@ def build_model(config: TrainConfig, info: dict[str, Any]) -> nn.Module:
         spec = spec.with_kwargs(input_size=info["input_size"])
     model = spec.create()
     if config.lowrank is not None:
-        model, _ = convert(model, config.lowrank, inplace=True)
+        model, _ = convert(model, config.lowrank, inplace=True, count=False)  # the report is not shown here
     cfg = model_cfg(model)
     if cfg is not None:  # the model declares the data it is trained on (and, converted, its dense original)
         mean, std = info.get("mean"), info.get("std")
