@@ -183,7 +183,7 @@ def fold_batchnorms_(
             parent._modules[key] = after_fold(bn)
             result.folded.append(qualified)
     if calls is not None and keep_all is None:  # blocks that call their layers as attributes: the traced graph
-        fold_traced_batchnorms_(model, calls, result.folded, result.kept)
+        fold_traced_batchnorms_(model, calls, names, params, result.folded, result.kept)
     for name, why in unfolded_batchnorms(model, result.kept).items():
         result.kept[name] = keep_all or why
     return result

@@ -85,22 +85,29 @@ def _foldable_pairs(root: nn.Module, graph: fx.Graph) -> Iterator[tuple[str, str
 
 @torch.no_grad()
 def fold_traced_batchnorms_(
-    model: nn.Module, calls: Mapping[nn.Module, int], folded: list[str], kept: dict[str, str]
+    model: nn.Module,
+    calls: Mapping[nn.Module, int],
+    registered: Mapping[nn.Module, int],
+    shared: Mapping[int, int],
+    folded: list[str],
+    kept: dict[str, str],
 ) -> None:
     """Fold the batch norms left after the ``nn.Sequential`` pass where the traced graph shows it is exact.
 
     ``calls`` (calls per module in one real forward pass) must agree: the layer, the batch norm and the traced
-    module are each called equally often, so no other code path uses them. Folded names are appended to
-    ``folded`` and removed from ``kept``.
+    module are each called equally often, so no other code path uses them. ``registered`` (names per module) and
+    ``shared`` (names per parameter ``id``) are the counts ``fold_batchnorms_`` took of ``model``: the layer and
+    the batch norm must each be registered once, and the layer's weights must be its own. Folded names are
+    appended to ``folded`` and removed from ``kept``.
     """
-    registered = Counter(m for _, m in model.named_modules(remove_duplicate=False))
-    shared = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for prefix, root, graph in _traced_roots(model):
         for layer_name, bn_name in _foldable_pairs(root, graph):
             layer, bn = root.get_submodule(layer_name), root.get_submodule(bn_name)
             if bn.running_mean is None or _channels(layer) != bn.num_features:
                 continue
-            if any(registered[m] != 1 for m in (layer, bn)) or any(shared[id(p)] != 1 for p in layer.parameters()):
+            if any(registered.get(m) != 1 for m in (layer, bn)) or any(
+                shared.get(id(p)) != 1 for p in layer.parameters()
+            ):
                 continue
             if not calls.get(root, 0) or not calls.get(layer, 0) == calls.get(bn, 0) == calls.get(root, 0):
                 continue
