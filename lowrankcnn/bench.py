@@ -31,6 +31,7 @@ from .deployment import LayerChoice, deploy_report
 from .deployment import deploy as deploy_model
 from .errors import ConfigError
 from .models import ModelSpec, model_info
+from .models.spec import is_factory_path
 from .profiling import check_fits_memory, input_channels, profile
 from .tables import format_table
 from .timing import Timing, inference_fn, interleaved, train_step_fn
@@ -49,6 +50,14 @@ _TORCH_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.
 def dense_twin(name: str) -> str | None:
     """The dense model a zoo model is compared with by default (``ModelInfo.baseline``; ``None`` for a dense model)."""
     return model_info(name).baseline
+
+
+def default_baseline(spec: ModelSpec) -> ModelSpec | None:
+    """What ``spec`` is compared with by default: the model before conversion for a converted spec, else a
+    registered model's dense twin (built as :func:`baseline_spec` does), else nothing."""
+    if spec.lowrank is not None:
+        return spec.dense
+    return baseline_spec(dense_twin(spec.model), spec) if spec.registered else None
 
 
 @dataclass(frozen=True)
@@ -327,6 +336,8 @@ def baseline_spec(baseline: str | ModelSpec | None, model: ModelSpec) -> ModelSp
     ``model``'s keywords it accepts (so ``bn=True`` applies to both); a spec is taken as given."""
     if baseline is None or isinstance(baseline, ModelSpec):
         return baseline
+    if is_factory_path(baseline):
+        return ModelSpec(baseline, model.num_classes, model.in_chans)
     accepted = model_info(baseline).kwargs
     kwargs = {k: v for k, v in model.kwargs.items() if k in accepted}
     return ModelSpec(baseline, model.num_classes, model.in_chans, model.width_mult, kwargs)

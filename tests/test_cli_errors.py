@@ -25,7 +25,7 @@ from lowrankcnn.errors import ConfigError
         (["train", "--model", "nin", "--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
         (["train", "--model", "vgg12"], "unknown model 'vgg12'. Did you mean"),
         (["train", "--model", "nin", "--label-smoothing", "1"], "--label-smoothing must be a finite number >= 0"),
-        (["train"], "give --model NAME (or --resume RUN_DIR"),
+        (["train"], "give --model NAME or package.module:function (or --resume RUN_DIR"),
         (["train", "--model", "nin", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
         (["models", "no_such_model*"], "no model matches 'no_such_model*'"),
         (["train", "--model", "nin", "--seed", str(10**23)], "--seed must be at most 4294967295"),

@@ -6,11 +6,12 @@ import argparse
 import json
 from dataclasses import replace
 
-from ..bench import DEPLOY_CHOICES, BenchSettings, baseline_spec, bench, dense_twin
+from ..bench import DEPLOY_CHOICES, BenchSettings, baseline_spec, bench, default_baseline
 from ..errors import ConfigError
 from .common import (
     add_command,
     json_parent,
+    lowrank_parent,
     model_parent,
     model_spec,
     parse_model_kwarg,
@@ -23,8 +24,10 @@ from .common import (
 def cmd_bench(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     spec = model_spec(args, args.model)
-    name = dense_twin(args.model) if args.baseline is None else args.baseline
-    baseline = baseline_spec(name if name != "none" else None, spec)
+    if args.baseline is None:
+        baseline = default_baseline(spec)
+    else:
+        baseline = baseline_spec(args.baseline if args.baseline != "none" else None, spec)
     if args.baseline_kwargs is not None:
         if baseline is None:
             raise ConfigError("$baseline_kwargs given without a baseline", param="baseline_kwargs")
@@ -49,12 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         cmd_bench,
         "time a model against a baseline (interleaved): speed-up vs MAC ratio",
-        [threads_parent(), json_parent(), shape_parent(), model_parent()],
+        [threads_parent(), json_parent(), shape_parent(), model_parent(), lowrank_parent()],
     )
     p.add_argument("--model", required=True)
     p.add_argument(
         "--baseline",
-        help="model to compare with (default: the dense twin; 'none' for no baseline), built with the model's "
+        help="model to compare with (default: the model before --lowrank, else its dense twin; 'none' for no "
+        "baseline), built with the model's "
         "classes, channels, width and the --model-kwargs it accepts",
     )
     p.add_argument(

@@ -45,6 +45,19 @@ def model_parent(width_default: float | None = 1.0) -> argparse.ArgumentParser:
     return p
 
 
+def lowrank_parent() -> argparse.ArgumentParser:
+    """``--lowrank METHOD``: the model's convs converted with ``lowrankcnn.convert``."""
+    from ..convert import CONVERT_METHODS
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--lowrank",
+        choices=CONVERT_METHODS,
+        help="convert the model's convs with this method (as `lowrankcnn convert`; any model)",
+    )
+    return p
+
+
 def shape_parent() -> argparse.ArgumentParser:
     """``--input-size``, ``--num-classes``, ``--in-chans`` of a model built without data."""
     p = argparse.ArgumentParser(add_help=False)
@@ -62,7 +75,25 @@ def model_spec(args: argparse.Namespace, name: str) -> ModelSpec:
         getattr(args, "in_chans", None),
         1.0 if args.width_mult is None else args.width_mult,
         dict(args.model_kwargs or []),
+        getattr(args, "lowrank", None),
     )
+
+
+def trust_parent() -> argparse.ArgumentParser:
+    """``--trust-factory``: let a checkpoint of a user's own model import the module that builds it."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--trust-factory",
+        action="store_true",
+        help="the checkpoint's model is a factory 'package.module:function': import that module to rebuild it "
+        "(runs its code; only for files you trust)",
+    )
+    return p
+
+
+def default_run_dir(model: str) -> str:
+    """``runs/MODEL`` (a factory path's ``:`` written as ``.``)."""
+    return f"runs/{model.replace(':', '.')}"
 
 
 def positive_int(text: str) -> int:

@@ -6,18 +6,11 @@ import argparse
 import json
 
 from ..convert import CONVERT_INITS, CONVERT_METHODS, convert
-from ..models import ModelSpec, list_models
-from ..models.spec import import_factory
 from .common import add_command, json_parent, model_parent, model_spec, shape_parent
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    if args.model in list_models() or ":" not in args.model:
-        spec = model_spec(args, args.model)
-    else:
-        spec = ModelSpec(
-            import_factory(args.model), args.num_classes, args.in_chans, kwargs=dict(args.model_kwargs or [])
-        )
+    spec = model_spec(args, args.model)
     model = spec.create("meta" if args.init == "composite" else None)  # counting needs no real weights
     _, report = convert(
         model,

@@ -11,7 +11,7 @@ from ..analysis import output_rank, rank_table
 from ..data import DATASETS, DataBundle, build_data
 from ..evaluate import check_data_matches, evaluate, most_confused
 from ..training import TrainConfig, load_trained_model
-from .common import add_command, positive_int, set_threads, threads_parent
+from .common import add_command, positive_int, set_threads, threads_parent, trust_parent
 
 
 def _trained_model_and_test_data(
@@ -22,7 +22,7 @@ def _trained_model_and_test_data(
     Only the test split is built; its classes must be the ones the checkpoint was trained on.
     """
     set_threads(args.threads)
-    model, config, state = load_trained_model(args.checkpoint)
+    model, config, state = load_trained_model(args.checkpoint, trust_factory=args.trust_factory)
     info = state["data_info"]
     name = args.data or config.data
     data = build_data(
@@ -116,7 +116,7 @@ def _checkpoint_data_parent() -> argparse.ArgumentParser:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parents = [_checkpoint_data_parent(), threads_parent()]
+    parents = [_checkpoint_data_parent(), threads_parent(), trust_parent()]
     p = add_command(sub, "eval", cmd_eval, "top-1/top-5 of a checkpoint on a test set", parents)
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--test-subset", type=positive_int, help="evaluate on the first N test images")

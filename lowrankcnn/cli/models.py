@@ -11,13 +11,16 @@ from ..models import list_models, model_cfg
 from ..models.published import compare_published
 from ..profiling import Convention, ProfileResult, Rank1Form, profile
 from ..tables import format_table
-from .common import add_command, json_parent, model_parent, model_spec, shape_parent
+from .common import add_command, json_parent, lowrank_parent, model_parent, model_spec, shape_parent
 
 
 def _profile_model(name: str, args: argparse.Namespace, convention: str) -> ProfileResult:
     """Count ``name`` as the flags describe it, built on the meta device (nothing allocated or computed)."""
     model = model_spec(args, name).create("meta")
-    size = model_cfg(model).input_size if args.input_size is None else args.input_size
+    cfg = model_cfg(model)
+    if args.input_size is None and cfg is None:
+        raise ConfigError(f"{name} declares no input size; give $input_size", param="input_size")
+    size = cfg.input_size if args.input_size is None else args.input_size
     return profile(model, size, convention=convention, training=args.training, rank1_form=args.rank1_form)
 
 
@@ -76,7 +79,7 @@ def _counting_parent() -> argparse.ArgumentParser:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parents = [shape_parent(), model_parent(), _counting_parent(), json_parent()]
+    parents = [shape_parent(), model_parent(), lowrank_parent(), _counting_parent(), json_parent()]
     p = add_command(sub, "profile", cmd_profile, "per-layer parameters and MACs of a model", parents)
     p.add_argument("model", help="registry name, e.g. vgg11_gmp_lr")
     p.add_argument(

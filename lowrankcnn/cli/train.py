@@ -6,16 +6,24 @@ import argparse
 import typing
 from pathlib import Path
 
-from ..convert import CONVERT_METHODS
 from ..data import DATASETS
 from ..demo import compare
 from ..errors import ConfigError
 from ..layers.rank1 import Rank1Scheme
 from ..training import OPTIMIZERS, SCHEDULES, TrainConfig, Trainer, recipe_config
 from ..training.config import PROJECT_UNITS
-from .common import add_command, explicit_flags, model_parent, positive_int, threads_parent
+from .common import (
+    add_command,
+    default_run_dir,
+    explicit_flags,
+    lowrank_parent,
+    model_parent,
+    positive_int,
+    threads_parent,
+    trust_parent,
+)
 
-RESUME_FLAGS = {"resume", "epochs", "workers", "data_dir", "no_progress", "progress"}
+RESUME_FLAGS = {"resume", "epochs", "workers", "data_dir", "no_progress", "progress", "trust_factory"}
 """Flags that may accompany ``--resume``; every other one would change the saved run and is refused."""
 
 
@@ -30,10 +38,12 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, object]:
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     """The configuration of a new run: the model's recipe, overridden by every flag given."""
     if not args.model:
-        raise ConfigError("give $model NAME (or $resume RUN_DIR to continue a run)")
+        raise ConfigError("give $model NAME or package.module:function (or $resume RUN_DIR to continue a run)")
     settings = {name: getattr(args, name) for name in CONFIG_FLAGS}
     settings["augment"] = False if args.no_augment else None
-    return recipe_config(args.model, args.out or f"runs/{args.model}", model_kwargs=_model_kwargs(args), **settings)
+    return recipe_config(
+        args.model, args.out or default_run_dir(args.model), model_kwargs=_model_kwargs(args), **settings
+    )
 
 
 CONFIG_FLAGS = (
@@ -76,12 +86,17 @@ def _resume(args: argparse.Namespace) -> Trainer:
             "run with another --out to change it"
         )
     return Trainer.resume(
-        args.resume, epochs=args.epochs, workers=args.workers, progress=args.progress, data_dir=args.data_dir
+        args.resume,
+        epochs=args.epochs,
+        workers=args.workers,
+        progress=args.progress,
+        data_dir=args.data_dir,
+        trust_factory=args.trust_factory,
     )
 
 
 def _interrupt_hint(args: argparse.Namespace) -> str:
-    run = args.resume or args.out or (f"runs/{args.model}" if args.model else None)
+    run = args.resume or args.out or (default_run_dir(args.model) if args.model else None)
     if run and (Path(run) / "last.pt").is_file():
         return f"completed epochs are saved; continue with `lowrankcnn train --resume {run}`"
     return "no epoch was completed, so nothing was saved; run the same command again to start over"
@@ -147,11 +162,15 @@ def _progress_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parents = [threads_parent(), model_parent(width_default=None)]
-    p = add_command(sub, "train", cmd_train, "train a zoo model from scratch (torchrun-aware)", parents)
+    parents = [threads_parent(), model_parent(width_default=None), lowrank_parent(), trust_parent()]
+    p = add_command(sub, "train", cmd_train, "train a model from scratch (torchrun-aware)", parents)
     p.allow_abbrev = False  # --resume refuses flags it cannot honour: they must be recognisable
     p.set_defaults(interrupt_hint=_interrupt_hint)
-    p.add_argument("--model", help="registry name, e.g. vgg11_gmp_lr")
+    p.add_argument(
+        "--model",
+        help="registry name (e.g. vgg11_gmp_lr), or your own model's factory 'package.module:function' (imported "
+        "from the current folder or PYTHONPATH; called with num_classes/in_chans if it takes them)",
+    )
     p.add_argument("--data", choices=DATASETS, help="dataset (default fashion-mnist)")
     p.add_argument(
         "--data-dir",
@@ -192,11 +211,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--project-every", type=int, help="projected scheme: re-project every N epochs (or steps, --project-unit)"
     )
     p.add_argument("--project-unit", choices=PROJECT_UNITS)
-    p.add_argument(
-        "--lowrank",
-        choices=CONVERT_METHODS,
-        help="convert the model's convs with this method before training (lowrankcnn convert; any zoo model)",
-    )
     p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--seed", type=int)

@@ -17,6 +17,7 @@ Schema (``format`` 1):
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 from dataclasses import replace
@@ -26,11 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..convert import convert
 from ..data import DataBundle
 from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, LowRankCNNError
 from ..models import model_info
-from ..models.cfg import model_cfg
+from ..models.cfg import ModelCfg, model_cfg
 from ..utils import atomic_write_bytes
 from .config import TrainConfig
 
@@ -168,30 +168,80 @@ def data_info(data: DataBundle) -> dict[str, Any]:
 
 
 def build_model(config: TrainConfig, info: dict[str, Any]) -> nn.Module:
-    """The model a run trains, freshly initialized: ``config.model`` sized for the data set in ``info``,
-    its ``default_cfg`` carrying that data's input size and normalization.
+    """The model a run trains, freshly initialized: ``config.model`` sized for the data set in ``info`` (converted
+    when ``config.lowrank`` is set), its ``default_cfg`` carrying that data's input size and normalization.
 
-    A model with an ``input_size`` keyword (a fixed-input net) is built for the data's input size
-    unless the run's ``model_kwargs`` set it.
+    A model with an ``input_size`` keyword (a fixed-input net) is built for the data's input size unless the
+    run's ``model_kwargs`` set it. A factory's model gets a ``default_cfg`` here (it has none of its own), so
+    ``deploy``, ``profile`` and ``export`` know its input.
+
+    Raises:
+        ConfigError: the model does not map a batch of the data's shape to one logit per class.
     """
     spec = config.model_spec(info["num_classes"], info["in_chans"])
-    if "input_size" in model_info(config.model).kwargs and "input_size" not in spec.kwargs:
+    if spec.registered and "input_size" in model_info(config.model).kwargs and "input_size" not in spec.kwargs:
         spec = spec.with_kwargs(input_size=info["input_size"])
     model = spec.create()
-    if config.lowrank is not None:
-        model, _ = convert(model, config.lowrank, inplace=True, count=False)  # the report is not shown here
+    mean, std = info.get("mean"), info.get("std")
+    data = {
+        "input_size": info["input_size"],
+        "mean": None if mean is None else tuple(mean),
+        "std": None if std is None else tuple(std),
+    }
     cfg = model_cfg(model)
     if cfg is not None:  # the model declares the data it is trained on (and, converted, its dense original)
-        mean, std = info.get("mean"), info.get("std")
-        converted = {} if config.lowrank is None else {"name": f"{cfg.name}+{config.lowrank}", "baseline": cfg.name}
-        model.default_cfg = replace(
-            cfg,
-            **converted,
-            input_size=info["input_size"],
-            mean=None if mean is None else tuple(mean),
-            std=None if std is None else tuple(std),
+        model.default_cfg = replace(cfg, **data)
+    else:
+        _check_factory_model(model, spec.name, info)
+        model.default_cfg = ModelCfg(
+            name=spec.name,
+            num_classes=info["num_classes"],
+            in_chans=info["in_chans"],
+            min_input_size=info["input_size"],
+            classifier=_last_layer_name(model),
+            baseline=spec.dense.name if spec.lowrank is not None else None,
+            **data,
         )
     return model
+
+
+def _check_factory_model(model: nn.Module, name: str, info: dict[str, Any]) -> None:
+    """A :class:`ConfigError` unless ``model`` maps ``(2, C, H, W)`` to ``(2, num_classes)`` (traced on the meta
+    device: no memory, no compute)."""
+    shape = (2, info["in_chans"], info["input_size"], info["input_size"])
+    try:
+        with torch.no_grad():
+            out = copy.deepcopy(model).to("meta").eval()(torch.empty(shape, device="meta"))
+    except Exception as err:  # noqa: BLE001 - any failure of the user's forward is reported, with its text
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"the model from {name} does not take a batch of this data, shaped {shape} ({text[:200]}); "
+            "give the factory the data's in_chans and input size",
+            param="model",
+        ) from err
+    if not torch.is_tensor(out) or tuple(out.shape) != (2, info["num_classes"]):
+        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise ConfigError(
+            f"the model from {name} maps a batch {shape} to {got}, not one logit per class "
+            f"(2, {info['num_classes']}); give the factory a num_classes keyword",
+            param="model",
+        )
+
+
+def _last_layer_name(model: nn.Module) -> str:
+    """The dotted name of the last ``Linear`` or ``Conv2d`` in registration order (the logits, usually)."""
+    names = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return names[-1] if names else ""
+
+
+def check_trusted(config: TrainConfig, source: str | Path, trust_factory: bool) -> None:
+    """A :class:`CheckpointError` if the saved run's model is a factory and ``trust_factory`` is not set:
+    rebuilding it imports the module the file names, which runs that module's code."""
+    if config.uses_factory and not trust_factory:
+        raise CheckpointError(
+            f"{source}: its model is built by the factory {config.model!r}; rebuilding it imports and runs that "
+            "module. Pass $trust_factory if you trust this file"
+        )
 
 
 def load_state(model: nn.Module, weights: dict[str, torch.Tensor], path: str | Path, name: str) -> None:
@@ -203,16 +253,22 @@ def load_state(model: nn.Module, weights: dict[str, torch.Tensor], path: str | P
         raise CheckpointError(f"{path}: its weights do not fit model {name} ({first[:200]})") from err
 
 
-def load_trained_model(path: str | Path) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+def load_trained_model(
+    path: str | Path, *, trust_factory: bool = False
+) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
     """Rebuild a trained model from a checkpoint: ``(model in eval mode, config, checkpoint dict)``.
+
+    ``trust_factory``: allow a checkpoint of a user's own model (``"package.module:function"``) to import that
+    module to rebuild it; off by default, since the file chooses what is imported.
 
     Raises:
         CheckpointNotFoundError, CheckpointError: see :func:`load_checkpoint`; also a model that
-            cannot be rebuilt from the saved configuration, or weights that do not fit it.
+            cannot be rebuilt from the saved configuration, a factory not trusted, or weights that do not fit.
     """
     path = checkpoint_path(path)
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"], source=str(path))
+    check_trusted(config, path, trust_factory)
     try:
         model = build_model(config, state["data_info"])
     except LowRankCNNError as err:

@@ -13,9 +13,10 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from ..convert import CONVERT_METHODS, ConvertMethod
+from ..convert import ConvertMethod
 from ..errors import ConfigError
-from ..models import ModelSpec, model_info, validate_model_kwargs
+from ..models import ModelSpec, model_info
+from ..models.spec import is_factory_path
 from ..utils import resolve_device
 from ..utils.annotations import describe, fits
 from .schedule import Schedule
@@ -104,12 +105,12 @@ class TrainConfig:
                     f"${name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}", param=name
                 )
         if not self.model:
-            raise ConfigError("no model given: pass $model (a registry name, e.g. vgg11_gmp_lr)", param="model")
-        validate_model_kwargs(self.model, self.model_kwargs)
-        if self.lowrank is not None and self.lowrank not in CONVERT_METHODS:
             raise ConfigError(
-                f"$lowrank must be one of {', '.join(CONVERT_METHODS)}, got {self.lowrank!r}", param="lowrank"
+                "no model given: pass $model (a registry name, e.g. vgg11_gmp_lr, or a factory "
+                "'package.module:function')",
+                param="model",
             )
+        self.model_spec().validate()  # imports a factory: a run's own factory is trusted (see trust_factory)
         resolve_device(self.device)
 
     @classmethod
@@ -143,11 +144,16 @@ class TrainConfig:
     @property
     def model_label(self) -> str:
         """How messages name the run's model: ``"resnet20"``, or ``"resnet20+lr"`` converted (its cfg name)."""
-        return self.model if self.lowrank is None else f"{self.model}+{self.lowrank}"
+        return self.model_spec().name
+
+    @property
+    def uses_factory(self) -> bool:
+        """Whether the model is a user's factory (``"package.module:function"``): rebuilding it runs that code."""
+        return is_factory_path(self.model)
 
     def model_spec(self, num_classes: int | None = None, in_chans: int | None = None) -> ModelSpec:
         """The run's model, sized for a data set with ``num_classes`` classes and ``in_chans`` channels."""
-        return ModelSpec(self.model, num_classes, in_chans, self.width_mult, dict(self.model_kwargs))
+        return ModelSpec(self.model, num_classes, in_chans, self.width_mult, dict(self.model_kwargs), self.lowrank)
 
 
 _HINTS = typing.get_type_hints(TrainConfig)
@@ -157,9 +163,10 @@ def recipe_config(model: str, out: str, **settings: Any) -> TrainConfig:
     """A config for ``model``: the dataclass defaults, then the model's registered recipe, then ``settings``.
 
     ``settings`` left as ``None`` do not override (so a command line's unset flags keep the recipe);
-    ``model_kwargs`` are merged key by key over the recipe's.
+    ``model_kwargs`` are merged key by key over the recipe's. A factory (``"package.module:function"``) has no
+    recipe: the dataclass defaults apply.
     """
-    recipe = dict(model_info(model).recipe)
+    recipe = {} if is_factory_path(model) else dict(model_info(model).recipe)
     given = {k: v for k, v in settings.items() if v is not None}
     model_kwargs = {**recipe.pop("model_kwargs", {}), **given.pop("model_kwargs", {})}
     return TrainConfig(model=model, out=out, **{**recipe, **given, "model_kwargs": model_kwargs})

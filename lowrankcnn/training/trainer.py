@@ -33,7 +33,7 @@ from ..evaluate import evaluate, main_logits
 from ..models import model_info
 from ..utils import resolve_device
 from ..utils.losses import classification_loss
-from .checkpoint import build_model, data_info, load_checkpoint, load_state
+from .checkpoint import build_model, check_trusted, data_info, load_checkpoint, load_state
 from .config import TrainConfig
 from .run_directory import RunDirectory, last_checkpoint, saved_config
 from .schedule import LRSchedule
@@ -47,8 +47,8 @@ RESUME_OVERRIDES = ("epochs", "workers", "out", "data_dir")
 def input_size_for(config: TrainConfig) -> int | None:
     """The run's input size: ``config.input_size``, else the data's native size, zero-padded up (evenly) to the
     model's minimum input size for in-memory data sets (e.g. GoogLeNet needs 31: Fashion-MNIST is padded to 32)."""
-    if config.input_size is not None or config.data not in TENSOR_SPECS:
-        return config.input_size
+    if config.input_size is not None or config.data not in TENSOR_SPECS or config.uses_factory:
+        return config.input_size  # a factory's model declares no minimum: the data's own size
     native, needed = TENSOR_SPECS[config.data].input_size, model_info(config.model).min_input_size
     return None if native >= needed else needed + (needed - native) % 2
 
@@ -73,6 +73,8 @@ class Trainer:
         progress: progress bars (rank 0 only); ``None``: only when stderr is a terminal.
         overwrite: replace a run already in ``config.out`` (otherwise that is a :class:`RunDirectoryError`).
         verbose: print one line per epoch (rank 0 only).
+        trust_factory: resuming a run of a user's own model (``"package.module:function"``) imports the module
+            its checkpoint names; allowed only with this set (a new run's own factory needs nothing).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Trainer:
         progress: bool | None = None,
         overwrite: bool = False,
         verbose: bool = True,
+        trust_factory: bool = False,
     ) -> None:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.verbose = verbose
@@ -97,8 +100,11 @@ class Trainer:
         try:
             checkpoint = None
             if resume:
-                checkpoint = load_checkpoint(last_checkpoint(self.run.path), for_resume=True)
-                config = self._resumed_config(config, TrainConfig.from_dict(checkpoint["config"]), checkpoint)
+                path = last_checkpoint(self.run.path)
+                checkpoint = load_checkpoint(path, for_resume=True)
+                saved = TrainConfig.from_dict(checkpoint["config"], source=str(path))
+                check_trusted(saved, path, trust_factory)
+                config = self._resumed_config(config, saved, checkpoint)
             elif is_main:
                 self.run.check_free(overwrite)
             self._setup(config)
@@ -121,17 +127,19 @@ class Trainer:
         progress: bool | None = None,
         verbose: bool = True,
         data_dir: str | None = None,
+        trust_factory: bool = False,
     ) -> Trainer:
         """Continue the run in ``run_dir`` with its saved configuration; ``epochs`` above the saved count extends it.
 
         Extending lays the learning-rate schedule out over the new total, as if the run had been planned for
         ``epochs`` from the start: a finished cosine run restarts at the rate the longer schedule has at that step.
         ``data_dir`` points at the run's data set where it now lives (it must be the same data).
+        ``trust_factory``: the run's model is a user's factory and its module may be imported (see :class:`Trainer`).
         """
         saved = saved_config(run_dir)
         changes = {"out": str(run_dir), "epochs": epochs, "workers": workers, "data_dir": data_dir}
         config = replace(saved, **{k: v for k, v in changes.items() if v is not None})
-        return cls(config, resume=True, progress=progress, verbose=verbose)
+        return cls(config, resume=True, progress=progress, verbose=verbose, trust_factory=trust_factory)
 
     def _resumed_config(self, given: TrainConfig, saved: TrainConfig, checkpoint: dict[str, Any]) -> TrainConfig:
         for name, value in given.to_dict().items():
