@@ -32,19 +32,29 @@ from .deployment import deploy as deploy_model
 from .errors import ConfigError
 from .models import ModelSpec, model_info
 from .models.spec import is_factory_path
-from .profiling import check_fits_memory, input_channels, profile
+from .profiling import check_fits_memory, input_channels, memory_estimate, profile
 from .tables import format_table
-from .timing import Timing, inference_fn, interleaved, train_step_fn
+from .timing import (
+    MEMORY_FORMATS,
+    TORCH_FORMATS,
+    MemoryFormat,
+    Timing,
+    inference_fn,
+    interleaved,
+    load_average,
+    noise_warning,
+    train_step_fn,
+)
+from .utils import resolve_device
 
 BenchDeploy = Literal["none", "factorized", "dense", "auto"]
 DEPLOY_CHOICES: tuple[BenchDeploy, ...] = get_args(BenchDeploy)
-MemoryFormat = Literal["contiguous", "channels_last"]
-MEMORY_FORMATS: tuple[MemoryFormat, ...] = get_args(MemoryFormat)
 Count = Literal["timed", "given"]
 COUNTS: tuple[Count, ...] = get_args(Count)
 MAX_REPEATS = 10_000
 """Most timed (and warm-up) rounds a benchmark takes; more is a typo that would run for days."""
-_TORCH_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+Progress = Callable[[str], None]
+"""Receives one line per phase of a benchmark (and the rounds left while timing)."""
 
 
 def dense_twin(name: str) -> str | None:
@@ -136,19 +146,21 @@ def _check_measure(
 def _prepare(
     model: nn.Module, x: torch.Tensor, fmt: MemoryFormat, train: bool, deploy: BenchDeploy, compile: bool
 ) -> tuple[nn.Module, Callable[[], object]]:
-    """The module to time (a deployed or plain copy of ``model``, in ``fmt``) and its zero-argument callable."""
-    x = x.contiguous(memory_format=_TORCH_FORMATS[fmt])
+    """The module to time (a deployed or plain copy of ``model``, in ``fmt``, on ``x``'s device) and its
+    zero-argument callable."""
+    x = x.contiguous(memory_format=TORCH_FORMATS[fmt])
     if train or deploy == "none":
-        ready = copy.deepcopy(model).eval().to(memory_format=_TORCH_FORMATS[fmt])
+        ready = copy.deepcopy(model).eval().to(device=x.device, memory_format=TORCH_FORMATS[fmt])
     else:
-        ready = deploy_model(model, deploy, channels_last=fmt == "channels_last", input_shape=tuple(x.shape))
+        channels_last = fmt == "channels_last"
+        ready = deploy_model(model, deploy, channels_last=channels_last, input_shape=tuple(x.shape), device=x.device)
     timed = torch.compile(ready) if compile else ready
     if not train:
         return ready, inference_fn(timed, x)
     with torch.no_grad():
         out = ready(x[:1])
     classes = (out[0] if isinstance(out, tuple) else out).shape[-1]
-    return ready, train_step_fn(timed, x, torch.randint(0, classes, (x.shape[0],)))
+    return ready, train_step_fn(timed, x, torch.randint(0, classes, (x.shape[0],), device=x.device))
 
 
 def measure(
@@ -158,11 +170,13 @@ def measure(
     *,
     train: bool = False,
     deploy: BenchDeploy = "auto",
-    memory_formats: Sequence[MemoryFormat] = ("contiguous",),
+    memory_formats: Sequence[MemoryFormat] = MEMORY_FORMATS,
     compile: bool = False,
     count: Count = "timed",
     repeats: int = 15,
     warmup: int = 3,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Measurement]:
     """Time ``models`` interleaved on one random float32 batch of ``input_shape`` ``(N, C, H, W)``.
 
@@ -170,10 +184,11 @@ def measure(
     eval-mode, BN-folded copy; ``"none"``: an eval-mode copy as given) and timed as a no-grad forward. A training
     step (``train=True``, needs ``deploy="none"``) is forward + cross-entropy + backward + SGD step on a copy in
     training mode. The given models are not modified. Every model is prepared in each of ``memory_formats``
-    (``("contiguous", "channels_last")``: both, and the faster one counts); all (model, format) pairs are timed in
-    one interleaved run of ``repeats`` rounds after ``warmup`` untimed ones. Counts follow ``count`` (module doc);
-    ratios are against ``models[baseline]`` (``None``: no ratios). Memory is not checked here; :func:`bench`
-    checks it before building.
+    (default both: the faster one counts); all (model, format) pairs are timed in one interleaved run of
+    ``repeats`` rounds after ``warmup`` untimed ones, on ``device`` (default: the first model's; CUDA timings
+    synchronize). Counts follow ``count`` (module doc); ratios are against ``models[baseline]`` (``None``: no
+    ratios). ``progress`` receives a line per phase, the expected time once the first round is timed, and the
+    rounds left. Memory is not checked here; :func:`bench` checks it before building.
 
     Returns:
         ``{name: Measurement}`` in the order of ``models``.
@@ -183,21 +198,32 @@ def measure(
     """
     _check_options(train, deploy, repeats, warmup)
     _check_measure(models, input_shape, baseline, memory_formats, count)
-    x = torch.randn(tuple(input_shape))
+    say = progress or (lambda line: None)
+    first = next(iter(models.values()))
+    dev = resolve_device(str(device)) if device is not None else _device_of(first)
+    x = torch.randn(tuple(input_shape), device=dev)
     ready: dict[tuple[str, MemoryFormat], nn.Module] = {}
     fns: dict[tuple[str, MemoryFormat], Callable[[], object]] = {}
     for name, model in models.items():
         for fmt in memory_formats:
+            what = "a training step" if train else f"deploy {deploy}"
+            say(f"preparing {name} ({what}, {fmt})")
             ready[name, fmt], fns[name, fmt] = _prepare(model, x, fmt, train, deploy, compile)
-    timings = interleaved(fns, repeats=repeats, warmup=warmup)
+    say(f"timing {len(fns)} forms, {warmup} warm-up + {repeats} interleaved rounds")
+    first_round = interleaved(fns, repeats=1, warmup=0, device=dev)  # also the first warm-up round
+    per_round = sum(t.median for t in first_round.values())
+    say(f"expected time: about {_duration(per_round * (max(warmup - 1, 0) + repeats))}")
+    timings = interleaved(
+        fns, repeats=repeats, warmup=max(warmup - 1, 0), device=dev, progress=lambda left: say(f"{left} rounds left")
+    )
     results: dict[str, Measurement] = {}
     for name, model in models.items():
         best = min(memory_formats, key=lambda f: timings[name, f].median)
         winner = ready[name, best]
         counts = (
-            profile(winner, tuple(input_shape[1:]), rank1_form="assembled")
+            profile(_on_cpu(winner), tuple(input_shape[1:]), rank1_form="assembled")
             if count == "timed"
-            else profile(model, tuple(input_shape[1:]))
+            else profile(_on_cpu(model), tuple(input_shape[1:]))
         )
         results[name] = Measurement(
             name=name,
@@ -218,29 +244,59 @@ def measure(
     }
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """``model`` itself on the CPU, else a CPU copy (``profile`` counts on the CPU)."""
+    return model if _device_of(model).type == "cpu" else copy.deepcopy(model).cpu()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 @dataclass
 class BenchSettings:
     """How :func:`bench` prepares and times both models (what is built is each one's :class:`ModelSpec`).
 
-    ``deploy`` applies to inference only ("none" times the modules as trained); a training step
-    is forward + cross-entropy + backward + SGD step on the training form.
+    Defaults are what a user should deploy: ``deploy=None`` is ``"auto"`` for inference (each model deployed in
+    its fastest measured form: batch norms folded, per-layer form timed) and ``"none"`` for a training step
+    (forward + cross-entropy + backward + SGD step on the training form); ``channels_last=None`` times both
+    memory formats and keeps each model's faster one. ``device="auto"``: CUDA if available, else the CPU.
     """
 
     input_size: int | None = None
     batch_size: int = 64
     train: bool = False
-    deploy: BenchDeploy = "factorized"
-    channels_last: bool = False
+    deploy: BenchDeploy | None = None
+    channels_last: bool | None = None
     compile: bool = False
     repeats: int = 15
     warmup: int = 3
+    device: str = "auto"
+
+    @property
+    def deploy_form(self) -> BenchDeploy:
+        """``deploy`` with ``None`` resolved (``"auto"`` for inference, ``"none"`` for training)."""
+        return self.deploy if self.deploy is not None else ("none" if self.train else "auto")
+
+    @property
+    def memory_formats(self) -> tuple[MemoryFormat, ...]:
+        """The memory formats timed (``channels_last=None``: both)."""
+        if self.channels_last is None:
+            return MEMORY_FORMATS
+        return ("channels_last",) if self.channels_last else ("contiguous",)
 
     def validate(self) -> None:
         """Raise a ``ConfigError`` naming the first setting that is invalid."""
-        _check_options(self.train, self.deploy, self.repeats, self.warmup)
+        _check_options(self.train, self.deploy_form, self.repeats, self.warmup)
         check_int("batch_size", self.batch_size, 1)
         if self.input_size is not None:
             check_input_size(self.input_size)
+        resolve_device(self.device)
 
 
 def _label(spec: ModelSpec) -> str:
@@ -258,6 +314,9 @@ class BenchResult:
     threads: int
     measured: Measurement
     baseline_measured: Measurement | None = None
+    device: str = "cpu"
+    noise: str | None = None
+    """Why the timings cannot be trusted (``None``: a quiet run)."""
 
     def to_dict(self) -> dict:
         s, m, b = self.settings, self.measured, self.baseline_measured
@@ -267,8 +326,11 @@ class BenchResult:
             "mode": "train" if s.train else "inference",
             "input_size": s.input_size,
             "batch_size": s.batch_size,
-            "deploy": s.deploy,
+            "deploy": s.deploy_form,
             "channels_last": s.channels_last,
+            "memory_format": m.memory_format,
+            "baseline_memory_format": b.memory_format if b else None,
+            "device": self.device,
             "compile": s.compile,
             "width_mult": self.model.width_mult,
             "model_kwargs": dict(self.model.kwargs),
@@ -289,6 +351,8 @@ class BenchResult:
             "speedup": m.speedup,
             "efficiency": m.efficiency,
             "deploy_choices": [asdict(c) for c in m.deploy_choices],
+            "baseline_deploy_choices": [asdict(c) for c in b.deploy_choices] if b else [],
+            "noise": self.noise,
         }
 
     def table(self) -> str:
@@ -303,20 +367,23 @@ class BenchResult:
                 f"{m.macs:,}",
                 f"{m.timing.median * 1e3:.2f} ±{m.timing.spread * 100:.0f}%",
                 f"{m.images_per_s:.0f}",
+                m.memory_format.replace("contiguous", "NCHW").replace("channels_last", "channels-last"),
             ]
             for spec, m in rows
         ]
         s = self.settings
-        what = "training step" if s.train else f"inference (deploy {s.deploy})"
+        what = "training step" if s.train else f"inference (deploy {s.deploy_form})"
+        formats = "NCHW and channels-last, the faster kept" if len(s.memory_formats) > 1 else s.memory_formats[0]
         extras = [
-            f"{self.threads} threads",
-            *(["channels-last"] if s.channels_last else []),
+            f"{self.threads} threads" if self.device == "cpu" else self.device,
+            formats.replace("contiguous", "NCHW").replace("channels_last", "channels-last"),
             *(["compiled"] if s.compile else []),
         ]
+        head = ("model", "params", "MACs/img", "latency ms", "images/s", "memory format")
         lines = [
             f"{what}, batch {s.batch_size}, input {s.input_size}, width {self.model.width_mult:g}, "
             f"{', '.join(extras)}; median of {s.repeats} interleaved runs (± interquartile range)",
-            format_table(("model", "params", "MACs/img", "latency ms", "images/s"), body, left=1),
+            format_table(head, body, left=1),
         ]
         m = self.measured
         if m.speedup is not None and m.mac_ratio is not None and m.efficiency is not None:
@@ -328,6 +395,8 @@ class BenchResult:
             timed = ", ".join(f"{form} {ms:.3f} ms" for form, ms in c.ms.items())
             note = f" ({c.note})" if c.note else ""
             lines.append(f"  {c.name}: {c.form}" + (f" ({timed})" if timed else "") + note)
+        if self.noise:
+            lines.append(f"warning: {self.noise}")
         return "\n".join(lines)
 
 
@@ -344,10 +413,15 @@ def baseline_spec(baseline: str | ModelSpec | None, model: ModelSpec) -> ModelSp
 
 
 def bench(
-    model: str | ModelSpec, baseline: str | ModelSpec | None = None, settings: BenchSettings | None = None
+    model: str | ModelSpec,
+    baseline: str | ModelSpec | None = None,
+    settings: BenchSettings | None = None,
+    progress: Progress | None = None,
 ) -> BenchResult:
     """Build ``model`` and ``baseline`` (see :func:`baseline_spec`) and :func:`measure` them; nothing is
-    allocated before the models, a batch and its activations are known to fit in memory.
+    allocated before the models, a batch and its activations are known to fit in memory. ``progress`` receives
+    the memory needed, each phase, the expected time and the rounds left; the result carries a noise warning
+    when the timings cannot be trusted (:func:`~lowrankcnn.timing.noise_warning`).
 
     Raises:
         ConfigError: a bad setting or model argument, a batch that would not fit in memory, or two models that
@@ -375,20 +449,31 @@ def bench(
             param="in_chans",
         )
     in_chans = channels.pop()
+    needed = 0
     for key, sp in specs.items():
         what = f"bench: {sp.name} at width {sp.width_mult:g} on batches of {s.batch_size} images of {size}x{size}"
         params = ("batch_size", "input_size", "width_mult")
-        check_fits_memory(metas[key], size, s.batch_size, what, params, in_chans=in_chans, training=s.train)
-    built = {key: sp.create() for key, sp in specs.items()}
+        shapes = check_fits_memory(metas[key], size, s.batch_size, what, params, in_chans=in_chans, training=s.train)
+        needed = max(needed, memory_estimate(shapes, s.batch_size, s.train))
+    say = progress or (lambda line: None)
+    say(f"building {' and '.join(sp.name for sp in specs.values())}; about {needed / 2**30:.1f} GiB of memory")
+    device = resolve_device(s.device)
+    built = {key: sp.create().to(device) for key, sp in specs.items()}
+    load_before = load_average()
     measured = measure(
         built,
         (s.batch_size, in_chans, size, size),
         "baseline" if twin is not None else None,
         train=s.train,
-        deploy=s.deploy,
-        memory_formats=("channels_last",) if s.channels_last else ("contiguous",),
+        deploy=s.deploy_form,
+        memory_formats=s.memory_formats,
         compile=s.compile,
         repeats=s.repeats,
         warmup=s.warmup,
+        device=device,
+        progress=progress,
     )
-    return BenchResult(spec, twin, s, torch.get_num_threads(), measured["model"], measured.get("baseline"))
+    noise = noise_warning({(n, f): t for n, m in measured.items() for f, t in m.timings.items()}, load_before)
+    return BenchResult(
+        spec, twin, s, torch.get_num_threads(), measured["model"], measured.get("baseline"), str(device), noise
+    )

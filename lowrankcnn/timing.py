@@ -1,16 +1,22 @@
 """Wall-clock timing: interleaved runs so that machine drift hits every candidate alike.
 
 ``inference_fn`` and ``train_step_fn`` are the zero-argument callables :func:`interleaved` times
-(one inference batch; one training step of forward + cross-entropy + backward + SGD step).
+(one inference batch; one training step of forward + cross-entropy + backward + SGD step). On a CUDA
+device the clock is read only after ``torch.cuda.synchronize`` (kernels run asynchronously).
+
+Noise: a timing is trusted only if the machine was quiet. :func:`noise_warning` says when it was not (a
+wide spread of the interleaved repeats, or a load average above the core count) and :func:`separated`
+decides whether one candidate is faster beyond the noise (its upper quartile below the other's lower one).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar, get_args
 
 import torch
 from torch import nn
@@ -19,6 +25,11 @@ from .errors import ConfigError
 from .utils.losses import classification_loss
 
 K = TypeVar("K", bound=Hashable)
+MemoryFormat = Literal["contiguous", "channels_last"]
+MEMORY_FORMATS: tuple[MemoryFormat, ...] = get_args(MemoryFormat)
+TORCH_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+NOISY_SPREAD = 0.15
+"""An interquartile range above this fraction of the median makes a timing untrustworthy."""
 
 
 @dataclass
@@ -32,14 +43,66 @@ class Timing:
         return statistics.median(self.samples)
 
     @property
+    def quartiles(self) -> tuple[float, float]:
+        """Lower and upper quartile (both the median for a single sample)."""
+        if len(self.samples) < 2:
+            return self.median, self.median
+        q = statistics.quantiles(self.samples, n=4)
+        return q[0], q[2]
+
+    @property
     def spread(self) -> float:
         """Interquartile range relative to the median."""
-        q = statistics.quantiles(self.samples, n=4) if len(self.samples) > 1 else [self.median] * 3
-        return (q[2] - q[0]) / self.median
+        low, high = self.quartiles
+        return (high - low) / self.median
 
 
-def interleaved(fns: Mapping[K, Callable[[], object]], repeats: int = 10, warmup: int = 2) -> dict[K, Timing]:
+def separated(faster: Timing, slower: Timing) -> bool:
+    """Whether ``faster`` beats ``slower`` beyond the noise: its upper quartile below ``slower``'s lower quartile."""
+    return faster.quartiles[1] < slower.quartiles[0]
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (``None`` where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def noise_warning(timings: Mapping[object, Timing], load_before: float | None = None) -> str | None:
+    """A one-line warning when ``timings`` cannot be trusted, else ``None``: an interquartile range above
+    ``NOISY_SPREAD`` of the median, or a load average (``load_before``: taken before timing, so this process's
+    own threads do not count) at or above the number of cores."""
+    reasons = []
+    worst = max(timings.values(), key=lambda t: t.spread, default=None)
+    if worst is not None and worst.spread > NOISY_SPREAD:
+        reasons.append(f"repeats vary by {100 * worst.spread:.0f}% (interquartile range / median)")
+    cores = os.cpu_count() or 1
+    if load_before is not None and load_before >= cores:
+        reasons.append(f"load average {load_before:.1f} on {cores} cores before timing")
+    if not reasons:
+        return None
+    return "timings are noisy: " + "; ".join(reasons) + "; other work competes for the CPU, rerun on a quiet machine"
+
+
+def synchronize(device: torch.device | str | None) -> None:
+    """Wait for a CUDA device's queued kernels (no-op on the CPU)."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(
+    fns: Mapping[K, Callable[[], object]],
+    repeats: int = 10,
+    warmup: int = 2,
+    device: torch.device | str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[K, Timing]:
     """Time each callable ``repeats`` times in the order A, B, A, B, ... after ``warmup`` untimed rounds.
+
+    ``device``: where the callables run; on CUDA every reading of the clock follows a synchronize.
+    ``progress(rounds_left)`` is called after each timed round.
 
     Raises:
         ConfigError: ``repeats`` < 1 or ``warmup`` < 0 (or not integers).
@@ -51,11 +114,15 @@ def interleaved(fns: Mapping[K, Callable[[], object]], repeats: int = 10, warmup
         for fn in fns.values():
             fn()
     samples: dict[K, list[float]] = {key: [] for key in fns}
-    for _ in range(repeats):
+    for done in range(1, repeats + 1):
         for key, fn in fns.items():
+            synchronize(device)
             start = time.perf_counter()
             fn()
+            synchronize(device)
             samples[key].append(time.perf_counter() - start)
+        if progress is not None:
+            progress(repeats - done)
     return {key: Timing(s) for key, s in samples.items()}
 
 

@@ -58,10 +58,10 @@ def recorder(**kwargs: object) -> Recorder:
 def timed_calls(monkeypatch) -> list[dict]:
     """``CALLS``, recording only inside the pipeline's ``interleaved`` call (not deploy's tracing or profiling)."""
 
-    def spy(fns, repeats, warmup):
+    def spy(fns, **kwargs):
         _RECORDING[0] = True
         try:
-            return interleaved(fns, repeats=repeats, warmup=warmup)
+            return interleaved(fns, **kwargs)
         finally:
             _RECORDING[0] = False
 
@@ -84,7 +84,9 @@ def test_bench_times_the_deployed_form_in_eval_mode(timed_calls, channels_last):
         for c in calls:
             assert not c["training"] and not c["grad"] and c["batch"] == 3 and c["channels_last"] == channels_last
             assert Rank1Conv2d not in c["types"] and nn.BatchNorm2d not in c["types"]  # deployed, BN folded
-    deployed = deploy(Recorder(in_chans=3), "factorized", input_shape=(3, 3, 12, 12))
+    (choice,) = result.measured.deploy_choices  # auto (the default): the form measured faster
+    assert choice.form in ("factorized", "dense") and set(choice.ms) == {"factorized", "dense"}
+    deployed = deploy(Recorder(in_chans=3), choice.form, input_shape=(3, 3, 12, 12))
     assert result.measured.macs == profile(deployed, 12).macs  # counted: what ran
     assert result.measured.params == profile(deployed, 12).params
     assert [c["name"] for c in result.to_dict()["deploy_choices"]] == ["features.0"]
@@ -93,7 +95,8 @@ def test_bench_times_the_deployed_form_in_eval_mode(timed_calls, channels_last):
 def test_bench_times_a_training_step_on_the_training_form(timed_calls):
     settings = BenchSettings(input_size=12, batch_size=3, repeats=3, warmup=1, train=True, deploy="none")
     bench(ModelSpec(recorder), None, settings)
-    assert len(timed_calls) == 1 + 3
+    assert len(timed_calls) == 2 * (1 + 3)  # both memory formats by default
+    assert sum(c["channels_last"] for c in timed_calls) == 1 + 3
     for c in timed_calls:
         assert c["training"] and c["grad"] and Rank1Conv2d in c["types"] and nn.BatchNorm2d in c["types"]
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from lowrankcnn import create_model, deploy, profile
 from lowrankcnn.bench import BenchSettings, bench
-from lowrankcnn.deployment import LOW_RANK, deploy_report
+from lowrankcnn.deployment import LOW_RANK, deploy_decision, deploy_report
 from lowrankcnn.errors import ConfigError, LowRankCNNError, ShapeError
 from lowrankcnn.layers import CompositeConv2d
 from lowrankcnn.models import ModelSpec
@@ -78,22 +78,23 @@ def test_deploy_keeps_a_batch_norm_whose_fold_would_change_the_result(kind, targ
     assert "not folded" in kept.note and any(w in kept.note for w in ("shared", "outside", "own forward"))
 
 
-def test_deploy_without_a_trace_folds_nothing_and_says_why():
-    model = trained_looking(ConvCalledTwice())  # not a registered model: no default input shape
+def test_deploy_traces_an_unregistered_model_at_a_guessed_shape():
+    model = trained_looking(ConvCalledTwice())  # not a registered model: traced at (1, 3, 224, 224)
     x = torch.randn(2, 3, 8, 8)
-    deployed = deploy(model)
+    deployed = deploy(model, "factorized")
     with torch.no_grad():
         assert rel_err(deployed(x), model(x)) < 1e-6
     (kept,) = deploy_report(deployed)
-    assert kept.name == "body.1" and "pass input_shape" in kept.note
+    assert kept.name == "body.1" and "not folded" in kept.note
+    assert deploy_decision(deployed).input_source.startswith("guessed")
 
 
 def test_deploy_still_folds_a_plain_sequential_and_the_zoo():
     model = trained_looking(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
-    deployed = deploy(model, input_shape=(1, 3, 8, 8))
+    deployed = deploy(model, "factorized", input_shape=(1, 3, 8, 8))
     assert isinstance(deployed[1], nn.Identity) and deploy_report(deployed) == []
     zoo = trained_looking(create_model("vgg11_gmp_lr", width_mult=0.25, bn=True))
-    deployed = deploy(zoo)  # registered: traced at its native size
+    deployed = deploy(zoo, "factorized")  # registered: traced at its native size
     assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -102,11 +103,17 @@ def test_deploy_still_folds_a_plain_sequential_and_the_zoo():
 
 def test_deploy_errors_are_the_librarys():
     model = create_model("nin_c3_lr", width_mult=0.25)
-    for kwargs in ({"target": "fast"}, {"rank1": "dense"}, {"input_shape": (1, 3, -4, 30)}, {"repeats": 0}):
+    bad = (
+        {"target": "fast"},
+        {"rank1": "dense"},
+        {"input_shape": (1, 3, -4, 30)},
+        {"repeats": 0},
+        {"channels_last": "yes"},
+        {"device": "tpu"},
+    )
+    for kwargs in bad:
         with pytest.raises(ConfigError):
             deploy(model, **kwargs)
-    with pytest.raises(ConfigError, match="pass input_shape"):
-        deploy(nn.Sequential(CompositeConv2d(3, [(3, 1, 2), (1, 3, 2)])), "auto")
     with pytest.raises(ShapeError, match="input_shape"):  # a plain torch layer refusing the shape
         deploy(trained_looking(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))), input_shape=(1, 5, 8, 8))
 

@@ -23,7 +23,7 @@ def checkpoint(kim_run_copy) -> str:
 
 def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path):
     model = create_model("vgg11_gmp_lr", in_chans=1, num_classes=10, width_mult=0.25, bn=True).eval()
-    deployed = deploy(model)
+    deployed = deploy(model, "factorized")
     path = export_model(deployed, torch.randn(2, 1, 28, 28), tmp_path / "m.onnx", "onnx")
     assert path.exists() and not list(tmp_path.glob(".*tmp"))
     assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
@@ -126,7 +126,7 @@ def compiles_and_matches(name: str, backend: str) -> None:
     model = create_model(name, width_mult=0.25).eval()
     size = min(model_info(name).input_size, 64)
     x = torch.randn(2, model.in_chans, size, size)
-    for candidate in (model, deploy(model)):
+    for candidate in (model, deploy(model, "factorized")):
         compiled = torch.compile(candidate, backend=backend, fullgraph=True)  # fullgraph: no graph breaks allowed
         with torch.no_grad():
             assert rel_err(compiled(x), candidate(x)) < 1e-5, (name, backend)

@@ -51,7 +51,7 @@ def randomize_batchnorms_(model: nn.Module) -> nn.Module:
 
 def test_residual_and_act_batch_norms_fold_and_the_rest_say_why():
     model = randomize_batchnorms_(Net())
-    deployed = deploy(model, input_shape=(2, 3, 12, 12))
+    deployed = deploy(model, "factorized", input_shape=(2, 3, 12, 12))
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         assert rel_err(deployed(x), model(x)) < 1e-5
@@ -71,7 +71,7 @@ def test_a_block_whose_forward_cannot_be_traced_keeps_its_batch_norms_exact():
             return super().forward(x)
 
     model = randomize_batchnorms_(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Untraceable(8)))
-    deployed = deploy(model, input_shape=(1, 3, 8, 8))
+    deployed = deploy(model, "factorized", input_shape=(1, 3, 8, 8))
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert rel_err(deployed(x), model(x)) < 1e-5

@@ -83,9 +83,9 @@ def test_layer_deploy_is_a_deprecated_alias_of_to_chain(cls, fuse_spatial, spati
 def test_rank1_fused_is_a_deprecated_name_of_depthwise():
     model = create_model("kim_rank1_cifar10", width_mult=0.25).eval()
     with pytest.warns(DeprecationWarning, match="rank1='fused' is deprecated; use rank1='depthwise'") as record:
-        old = deploy(model, rank1="fused")
+        old = deploy(model, "factorized", rank1="fused")
     assert record[0].filename == __file__  # the warning points at the caller
-    new = deploy(model, rank1="depthwise")
+    new = deploy(model, "factorized", rank1="depthwise")
     assert [type(m) for m in old.modules()] == [type(m) for m in new.modules()]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

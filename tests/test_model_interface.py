@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from lowrankcnn import create_model, deploy, list_models, model_info
+from lowrankcnn.deployment import deploy_decision
 from lowrankcnn.errors import ConfigError
 from lowrankcnn.models import ModelSpec, model_cfg
 from lowrankcnn.training import TrainConfig
@@ -64,10 +65,13 @@ def test_deploy_reads_the_input_shape_from_the_cfg():
     """Folding needs a traced input: deploy takes it from ``default_cfg`` (here a 1-channel, 28x28 model)."""
     info = {"name": "fashion-mnist", "num_classes": 10, "in_chans": 1, "input_size": 28, "class_names": []}
     model = build_model(TrainConfig(model="vgg11_gmp_lr", out="x", width_mult=0.125, model_kwargs={"bn": True}), info)
-    deployed = deploy(model.eval())
+    deployed = deploy(model.eval(), "factorized")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())  # every batch norm folded
-    del model.default_cfg  # a model that declares nothing: no trace, so nothing is folded
-    assert any(isinstance(m, nn.BatchNorm2d) for m in deploy(model).modules())
+    assert deploy_decision(deployed).input_shape == (1, 1, 28, 28)
+    del model.default_cfg  # a model that declares nothing: traced at 224 x 224 with its first conv's channels
+    deployed = deploy(model, "factorized")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+    assert deploy_decision(deployed).input_shape == (1, 1, 224, 224)
 
 
 def test_model_spec_builds_registered_models_and_factories():

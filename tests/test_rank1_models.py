@@ -177,7 +177,7 @@ def test_model_deploy_matches_and_leaves_original(form):
     from lowrankcnn.deployment import deploy
 
     model = create_model("kim_rank1_cifar10", in_chans=1, width_mult=0.25).eval()
-    deployed = deploy(model, rank1=form)
+    deployed = deploy(model, "factorized", rank1=form)
     assert not any(isinstance(m, Rank1Conv2d) for m in deployed.modules())
     assert any(isinstance(m, Rank1Conv2d) for m in model.modules())
     x = torch.randn(3, 1, 32, 32)

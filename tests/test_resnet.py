@@ -315,7 +315,7 @@ def test_deploy_equals_the_model_in_eval_mode(name):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
     model.eval()
-    deployed = deploy(model)
+    deployed = deploy(model, "factorized")
     x = torch.randn(4, 1, size, size)
     with torch.no_grad():
         assert rel_err(deployed(x), model(x)) < 1e-4

@@ -15,6 +15,7 @@ from .common import (
     model_parent,
     model_spec,
     parse_model_kwarg,
+    progress_printer,
     set_threads,
     shape_parent,
     threads_parent,
@@ -36,13 +37,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
         input_size=args.input_size,
         batch_size=args.batch_size,
         train=args.train,
-        deploy=args.deploy or ("none" if args.train else "factorized"),
+        deploy=args.deploy,
         channels_last=args.channels_last,
         compile=args.compile,
         repeats=args.repeats,
         warmup=args.warmup,
+        device=args.device,
     )
-    result = bench(spec, baseline, settings)
+    result = bench(spec, baseline, settings, progress=progress_printer(args.progress))
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
 
 
@@ -70,8 +72,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--train", action="store_true", help="time a training step instead of inference")
-    p.add_argument("--deploy", choices=DEPLOY_CHOICES, help="inference form (default factorized; 'none' = as trained)")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument(
+        "--deploy",
+        choices=DEPLOY_CHOICES,
+        help="inference form: auto (default: the faster form per layer, measured), factorized, dense, or none (as "
+        "trained)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="force the memory format (default: both timed, each model keeps its faster one)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--repeats", type=int, default=15, help="timed runs of each model (default 15)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
+    p.add_argument("--device", default="auto", help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress on stderr: phases, expected time, rounds left (default: only on a terminal)",
+    )

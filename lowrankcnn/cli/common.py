@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -94,6 +95,23 @@ def trust_parent() -> argparse.ArgumentParser:
 def default_run_dir(model: str) -> str:
     """``runs/MODEL`` (a factory path's ``:`` written as ``.``)."""
     return f"runs/{model.replace(':', '.')}"
+
+
+def progress_printer(enabled: bool | None) -> Callable[[str], None] | None:
+    """A progress callback writing to stderr (``None``: only when stderr is a terminal; there, each line
+    overwrites the last)."""
+    terminal = sys.stderr.isatty()
+    if not (terminal if enabled is None else enabled):
+        return None
+
+    def show(line: str) -> None:
+        if terminal:  # the last round clears the line for the result
+            sys.stderr.write("\r\033[K" + ("" if line == "0 rounds left" else line))
+            sys.stderr.flush()
+        elif not line.endswith("rounds left"):
+            print(line, file=sys.stderr, flush=True)
+
+    return show
 
 
 def positive_int(text: str) -> int:
