@@ -10,6 +10,7 @@ from ..bench import DEPLOY_CHOICES, BenchSettings, baseline_spec, bench, default
 from ..errors import ConfigError
 from .common import (
     add_command,
+    device_parent,
     json_parent,
     lowrank_parent,
     model_parent,
@@ -54,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         cmd_bench,
         "time a model against a baseline (interleaved): speed-up vs MAC ratio",
-        [threads_parent(), json_parent(), shape_parent(), model_parent(), lowrank_parent()],
+        [threads_parent(), json_parent(), shape_parent(), model_parent(), lowrank_parent(), device_parent()],
     )
     p.add_argument("--model", required=True)
     p.add_argument(
@@ -87,7 +88,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--repeats", type=int, default=15, help="timed runs of each model (default 15)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
-    p.add_argument("--device", default="auto", help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,

@@ -80,6 +80,13 @@ def model_spec(args: argparse.Namespace, name: str) -> ModelSpec:
     )
 
 
+def device_parent() -> argparse.ArgumentParser:
+    """``--device``: where a command runs its model."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--device", default="auto", help="auto (default: cuda if available, else cpu), cpu, cuda or cuda:N")
+    return p
+
+
 def trust_parent() -> argparse.ArgumentParser:
     """``--trust-factory``: let a checkpoint of a user's own model import the module that builds it."""
     p = argparse.ArgumentParser(add_help=False)

@@ -11,7 +11,8 @@ from ..analysis import output_rank, rank_table
 from ..data import DATASETS, DataBundle, build_data
 from ..evaluate import check_data_matches, evaluate, most_confused
 from ..training import TrainConfig, load_trained_model
-from .common import add_command, positive_int, set_threads, threads_parent, trust_parent
+from ..utils import resolve_device
+from .common import add_command, device_parent, positive_int, set_threads, threads_parent, trust_parent
 
 
 def _trained_model_and_test_data(
@@ -55,8 +56,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if args.confusion:
         figure_format(args.confusion, param="confusion")  # before the evaluation, not after
+    device = resolve_device(args.device)  # before any work
     model, config, state, data = _trained_model_and_test_data(args, args.batch_size, args.test_subset, args.workers)
-    result = evaluate(model, data.test, data.num_classes, confusion=bool(args.confusion))
+    result = evaluate(model.to(device), data.test, data.num_classes, device=device, confusion=bool(args.confusion))
     print(
         f"{config.model_label} (epoch {state['epoch']}) on {data.name} test, {result.n} images: "
         f"top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  loss {result.loss:.4f}"
@@ -117,7 +119,7 @@ def _checkpoint_data_parent() -> argparse.ArgumentParser:
 
 def register(sub: argparse._SubParsersAction) -> None:
     parents = [_checkpoint_data_parent(), threads_parent(), trust_parent()]
-    p = add_command(sub, "eval", cmd_eval, "top-1/top-5 of a checkpoint on a test set", parents)
+    p = add_command(sub, "eval", cmd_eval, "top-1/top-5 of a checkpoint on a test set", [*parents, device_parent()])
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--test-subset", type=positive_int, help="evaluate on the first N test images")
     p.add_argument(

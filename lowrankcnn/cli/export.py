@@ -16,19 +16,22 @@ from ..export import (
 from ..profiling import check_fits_memory
 from ..training import load_trained_model
 from ..training.checkpoint import checkpoint_path
-from .common import add_command, positive_int, set_threads, threads_parent, trust_parent
+from ..utils import resolve_device
+from .common import add_command, device_parent, positive_int, set_threads, threads_parent, trust_parent
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     out = check_export_target(args.out, checkpoint_path(args.checkpoint))  # before any work
     check_export_options(args.format, args.channels_last)
+    device = resolve_device(args.device)
     set_threads(args.threads)
     model, config, state = load_trained_model(args.checkpoint, trust_factory=args.trust_factory)
     prep = Preprocessing.from_data_info(state["data_info"], args.input_size)
     size = prep.input_size
     check_fits_memory(model, size, CHECK_BATCH, f"export at {size}x{size}", ("input_size",), in_chans=prep.in_chans)
     shape = (1, prep.in_chans, prep.input_size, prep.input_size)
-    deployed = deploy(model, args.deploy, channels_last=args.channels_last, input_shape=shape)
+    deployed = deploy(model, args.deploy, channels_last=args.channels_last, input_shape=shape, device=device)
+    deployed = deployed.cpu()  # chosen on --device; written and checked against PyTorch on the CPU
     report = export_checked(
         deployed,
         out,
@@ -63,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export",
         cmd_export,
         "deploy a checkpoint and export it to ONNX or TorchScript (checked before it is written)",
-        [threads_parent(), trust_parent()],
+        [threads_parent(), trust_parent(), device_parent()],
     )
     p.add_argument("--checkpoint", required=True, help="a .pt file (or run directory: its last.pt)")
     p.add_argument("--format", choices=FORMATS, required=True)
