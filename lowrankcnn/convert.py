@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .layers import ConvSpec, LowRankConv2d
-from .layers.factory import LAYERS
+from .layers.factory import LAYERS, layer_options
 from .models.cfg import model_cfg
 from .profiling import image_shape, profile
 from .tables import format_table
@@ -72,6 +72,9 @@ class ConversionReport:
     params_after: int = 0
     macs_before: int | None = None
     macs_after: int | None = None
+    align: int = 1
+    """The channel alignment the basis groups were split with (``convert(..., align=...)``; 1 for the methods
+    without basis groups)."""
 
     @property
     def mac_ratio(self) -> float | None:
@@ -94,7 +97,9 @@ class ConversionReport:
         ]
         head = ("layer", "was", "now", "params before", "params after", "MACs before", "MACs after")
         lines = [
-            f"convert: method {self.method}, init {self.init}, {len(self.converted)} conv(s) replaced, "
+            f"convert: method {self.method}, init {self.init}"
+            + (f", groups aligned to {self.align} channels" if self.align != 1 else "")
+            + f", {len(self.converted)} conv(s) replaced, "
             f"{len(self.skipped)} skipped"
             + (f"; MACs per image at {'x'.join(map(str, self.input_size))}" if self.input_size else ""),
             format_table(head, body, left=3),
@@ -132,6 +137,7 @@ def _why_not(module: nn.Conv2d, min_channels: int) -> str | None:
 
 
 def _check_arguments(model: object, method: str, init: str, min_channels: object, options: dict[str, Any]) -> None:
+    """``options``: the layer's options with the alignment resolved (``layer_options``)."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"convert: $model must be a torch.nn.Module, got {type(model).__name__}", param="model")
     if method not in CONVERT_METHODS:
@@ -142,9 +148,9 @@ def _check_arguments(model: object, method: str, init: str, min_channels: object
         raise ConfigError(f"convert: $init must be one of {', '.join(CONVERT_INITS)}, got {init!r}", param="init")
     if type(min_channels) is not int or min_channels < 1:
         raise ConfigError(f"convert: $min_channels must be an integer >= 1, got {min_channels!r}", param="min_channels")
-    cls, defaults = LAYERS[method]
+    cls, _ = LAYERS[method]
     with torch.device("meta"):  # the options, checked once on a stand-in conv (nothing allocated)
-        cls.from_spec(ConvSpec.make(16, 16, 3, layer=f"convert({method!r})"), **{**defaults, **options})
+        cls.from_spec(ConvSpec.make(16, 16, 3, layer=f"convert({method!r})"), **options)
     owners: dict[int, str] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         if isinstance(module, nn.Conv2d) and not isinstance(module, LowRankConv2d):
@@ -177,6 +183,7 @@ def convert(
     inplace: bool = False,
     input_size: int | Sequence[int] | None = None,
     count: bool = True,
+    align: int | None = None,
     **method_options: Any,
 ) -> tuple[nn.Module, ConversionReport]:
     """Replace the eligible convs of ``model`` by ``method``'s low-rank layer (see the module doc).
@@ -195,6 +202,10 @@ def convert(
             either, the report has parameters only).
         count: count MACs for the report (a ``profile`` forward pass before and after); ``False`` when only the
             converted model is wanted (the report then has parameters only).
+        align: the composite methods' basis groups are multiples of ``align`` channels (a power of two) where the
+            width allows it, e.g. 16 for onnxruntime's NCHWc convolutions on AVX-512 (rule:
+            ``lowrankcnn.layers.split_channels``); ``None``: the ambient ``channel_alignment`` (1 by default; what
+            ``create_model(..., align=...)`` sets for the registered converted models). Other methods ignore it.
         **method_options: the method's own options (composite: ``parts``, ``basis_width``; rank1: ``scheme``,
             ``shared_spatial``), as ``create_lowrank_conv`` takes them.
 
@@ -202,16 +213,18 @@ def convert(
         ``(converted model, ConversionReport)``.
 
     Raises:
-        ConfigError: not a module, an unknown method, init or option, two convs sharing a weight, or no eligible
-            conv (the message lists why each conv was skipped).
+        ConfigError: not a module, an unknown method, init or option, an ``align`` that is not a power of two, two
+            convs sharing a weight, or no eligible conv (the message lists why each conv was skipped).
     """
+    if method in CONVERT_METHODS:  # the options as the layer takes them, the alignment resolved
+        method_options = layer_options(method, method_options, align, "convert")
     _check_arguments(model, method, init, min_channels, method_options)
     params_before = sum(p.numel() for p in model.parameters())
     size = _input_size(model, input_size) if count else None
     before = profile(model, size) if size else None
     target = model if inplace else copy.deepcopy(model)
-    report = ConversionReport(method, init, size)
-    cls, options = LAYERS[method]
+    report = ConversionReport(method, init, size, align=method_options.get("align", 1))
+    cls, _ = LAYERS[method]
     replaced: list[tuple[str, nn.Module, nn.Module]] = []
     first_seen = False
     for name, module in list(target.named_modules()):
@@ -225,7 +238,7 @@ def convert(
             reason = "excluded"
         if reason is None:
             try:
-                layer = cls.from_conv(module, fit=init == "fit", **{**options, **method_options})
+                layer = cls.from_conv(module, fit=init == "fit", **method_options)
             except ConfigError as err:
                 reason = f"{method} cannot reproduce it exactly ({err})"
         if reason is not None:

@@ -14,6 +14,11 @@ one row whose MACs, parameters and kernel text the layer gives itself (``macs``,
 ``describe``), as is every other conv or linear layer.
 Models on the ``meta`` device are profiled without computing anything.
 
+Each row also records the channel widths its convs write (``widths``: a composite layer's basis groups, then its
+join), so ``ProfileResult.misaligned(16)`` lists the layers with a width that is not a multiple of 16: the layers
+and concats onnxruntime's fast NCHWc convolutions cannot keep on their blocked path on AVX-512 (8 on AVX2; see
+``create_model(..., align=...)``).
+
 Low-rank layers whose ``forward`` assembles a dense weight (``forward_form == "dense"``: ``Rank1Conv2d``)
 are counted in one of two forms (``rank1_form``):
 ``"decomposed"`` (as deployed: 1x1 conv at input resolution, depthwise k_h x 1,
@@ -36,6 +41,7 @@ from torch import nn
 from .data.checks import MAX_INPUT_SIZE
 from .errors import ConfigError
 from .layers import LowRankConv2d
+from .layers.composite import check_align
 from .models.cfg import model_label
 from .tables import format_table
 from .utils.probe import probe, zeros_for
@@ -58,6 +64,8 @@ class LayerRow:
     output_shape: tuple[int, ...]
     params: int
     macs: int
+    widths: tuple[int, ...] = ()
+    """Channel widths the unit's convs write (:func:`channel_widths`); ``()`` for a linear layer."""
 
 
 @dataclass
@@ -83,14 +91,25 @@ class ProfileResult:
         data["layers"] = [asdict(row) for row in self.layers]
         return data
 
-    def table(self) -> str:
-        """A readable fixed-width table of the rows and totals."""
-        head = ("layer", "kind", "kernel / basis", "output", "params", "MACs")
+    def misaligned(self, align: int) -> list[LayerRow]:
+        """The rows with a channel width (``widths``: a basis group, a conv's output) not a multiple of ``align``."""
+        check_align(align, "profile")
+        return [r for r in self.layers if any(w % align for w in r.widths)]
+
+    def table(self, align: int | None = None) -> str:
+        """A readable fixed-width table of the rows and totals; with ``align``, a last column ``align A`` saying
+        ``no`` for every row :meth:`misaligned` lists (``ok`` for the others with convs)."""
+        head: tuple[str, ...] = ("layer", "kind", "kernel / basis", "output", "params", "MACs")
         body: list[Sequence[str] | None] = [
             [r.name, r.kind, r.kernel, "x".join(map(str, r.output_shape)), f"{r.params:,}", f"{r.macs:,}"]
             for r in self.layers
         ]
-        body += [None, ["total", "", "", "", f"{self.params:,}", f"{self.macs:,}"]]
+        if align is not None:
+            flagged = {id(r) for r in self.misaligned(align)}
+            head += (f"align {align}",)
+            for row, r in zip(body, self.layers, strict=True):
+                row.append("no" if id(r) in flagged else "ok" if r.widths else "")  # type: ignore[union-attr]
+        body += [None, ["total", "", "", "", f"{self.params:,}", f"{self.macs:,}", *([""] if align else [])]]
         title = (
             f"{self.model} @ {'x'.join(map(str, self.input_size))}, "
             f"MACs per image, {self.convention} convention (1 MAC = 2 FLOPs)"
@@ -113,6 +132,21 @@ def describe_kernel(module: nn.Module) -> str:
     if isinstance(module, nn.Linear):
         return f"fc {module.in_features}->{module.out_features}"
     return ""
+
+
+def channel_widths(module: nn.Module) -> tuple[int, ...]:
+    """The channel widths a profile unit's convs write: a composite layer's basis groups (then its join's output),
+    every ``nn.Conv2d`` of another unit (a deployed layer's convs are units of their own), else its
+    ``out_channels``; ``()`` for a linear layer."""
+    if isinstance(module, nn.Linear):
+        return ()
+    basis = getattr(module, "basis", None)
+    if isinstance(module, LowRankConv2d) and isinstance(basis, list):
+        join = getattr(module, "join", None)
+        return (*(group[-1] for group in basis), *((join.out_channels,) if isinstance(join, nn.Conv2d) else ()))
+    convs = tuple(m.out_channels for m in module.modules() if isinstance(m, nn.Conv2d))
+    out = getattr(module, "out_channels", None)
+    return convs or ((out,) if type(out) is int else ())
 
 
 def rank1_macs(layer: LowRankConv2d, input_hw: tuple[int, int], output_hw: tuple[int, int], form: Rank1Form) -> int:
@@ -249,6 +283,7 @@ def profile(
                 tuple(output.shape[1:]),
                 params,
                 leaf_macs(module, inputs, output, convention, rank1_form),
+                channel_widths(module),
             )
         )
 

@@ -50,7 +50,14 @@ WFULL_PARTS: tuple[Part, ...] = (("kx1", 3), ("1xk", 3), ("kxk", 2))
 """The paper's "wfull" basis: 3/8 k x 1, 3/8 1 x k, 1/4 full k x k."""
 
 
-def split_channels(total: int, weights: Sequence[float], layer: str = "split_channels") -> list[int]:
+def check_align(align: object, layer: str = "split_channels") -> int:
+    """``align`` if it is a power of two (1, 2, 4, 8, 16, ...: SIMD channel blocks), else a ``ConfigError``."""
+    if type(align) is not int or align < 1 or align & (align - 1):
+        raise ConfigError(f"{layer}: align must be a power of two (1, 2, 4, 8, 16, ...), got {align!r}")
+    return align
+
+
+def split_channels(total: int, weights: Sequence[float], layer: str = "split_channels", align: int = 1) -> list[int]:
     """Split ``total`` channels into groups in proportion to ``weights``: the one rounding rule of the package.
 
     Group ``g`` gets the floor of its quota ``q_g = total * w_g / sum(w)``; the channels left over go one each to
@@ -58,16 +65,31 @@ def split_channels(total: int, weights: Sequence[float], layer: str = "split_cha
     apportionment). The counts always sum to ``total`` exactly, so a composite layer has the width of the dense conv
     it stands for, at any ``width_mult``. Halves of an odd width give the k x 1 group one filter less than the
     1 x k group: 13 -> 6 | 7. A split that leaves a group empty is a ``ConfigError``.
+
+    ``align`` (a power of two; 1, the default, is the rule above) makes every group a multiple of ``align``
+    channels, e.g. the 8- or 16-channel blocks of onnxruntime's NCHWc convolutions on AVX2 / AVX-512: the same rule
+    apportions ``total / align`` blocks of ``align`` channels. Where that is impossible (``total`` is not a multiple
+    of ``align``, or has fewer blocks than there are groups) the groups are multiples of the largest power of two
+    below ``align`` that allows it, down to 1: the total never changes. With ``align=16``: 64 by 3:3:2 gives
+    16 | 32 | 16 (24 | 24 | 16 at ``align=1``), 16 in halves gives 8 | 8, 24 gives 8 | 16, 13 gives 6 | 7.
     """
     positive_int(total, "total", layer)
+    check_align(align, layer)
     if not weights or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in weights):
         raise ConfigError(f"{layer}: weights must be positive numbers, got {list(weights)!r}")
     fractions = [Fraction(w) for w in weights]
-    quotas = [total * w / sum(fractions) for w in fractions]
-    counts = [int(q) for q in quotas]
-    by_remainder = sorted(range(len(quotas)), key=lambda g: (quotas[g] - counts[g], g), reverse=True)
-    for g in by_remainder[: total - sum(counts)]:
-        counts[g] += 1
+
+    def apportion(units: int) -> list[int]:
+        quotas = [units * w / sum(fractions) for w in fractions]
+        counts = [int(q) for q in quotas]
+        by_remainder = sorted(range(len(quotas)), key=lambda g: (quotas[g] - counts[g], g), reverse=True)
+        for g in by_remainder[: units - sum(counts)]:
+            counts[g] += 1
+        return counts
+
+    while align > 1 and (total % align or min(apportion(total // align)) == 0):
+        align //= 2
+    counts = [n * align for n in apportion(total // align)]
     if min(counts) == 0:
         raise ConfigError(
             f"{layer}: {total} channels split by {list(weights)} leave a group empty ({counts}); "
@@ -189,10 +211,17 @@ class CompositeConv2d(LowRankConv2d):
 
     @classmethod
     def _from_spec(
-        cls, spec: ConvSpec, *, parts: Sequence[Part] = LR_PARTS, basis_width: int | None = None, join: bool = False
+        cls,
+        spec: ConvSpec,
+        *,
+        parts: Sequence[Part] = LR_PARTS,
+        basis_width: int | None = None,
+        join: bool = False,
+        align: int = 1,
     ) -> CompositeConv2d:
-        """``parts`` split ``basis_width`` (default: ``out_channels``) by :func:`split_channels`; ``join=True`` adds a
-        1x1 conv from the basis to ``out_channels`` (then ``basis_width`` may differ from it)."""
+        """``parts`` split ``basis_width`` (default: ``out_channels``) by :func:`split_channels`, each group a multiple
+        of ``align`` channels where the width allows it; ``join=True`` adds a 1x1 conv from the basis to
+        ``out_channels`` (then ``basis_width`` may differ from it)."""
         name = f"{cls.__name__}.from_spec"
         kh, kw = spec.kernel_size
         shapes = {"kx1": (kh, 1), "1xk": (1, kw), "kxk": (kh, kw)}
@@ -203,7 +232,7 @@ class CompositeConv2d(LowRankConv2d):
         width = spec.out_channels if basis_width is None else positive_int(basis_width, "basis_width", name)
         if not join and width != spec.out_channels:
             raise ConfigError(f"{name}: basis_width {width} needs join=True (without a join the basis is the output)")
-        counts = split_channels(width, [w for _, w in parts], name)
+        counts = split_channels(width, [w for _, w in parts], name, align)
         basis = [(*shapes[shape], n) for (shape, _), n in zip(parts, counts, strict=True)]
         out = spec.out_channels if join else None
         return cls(spec.in_channels, basis, spec.stride, spec.bias, out, spec.padding, spec.dilation)

@@ -24,6 +24,7 @@ from torch import nn
 from ..data.checks import MAX_INPUT_SIZE
 from ..errors import ConfigError
 from ..layers import init_weights_
+from ..layers.factory import channel_alignment, resolve_align
 from ..layers.init import InitMode
 from ..utils.annotations import describe, fits
 from .cfg import IMAGENET_MEAN, IMAGENET_STD, ModelCfg
@@ -231,6 +232,8 @@ def create_model(
     in_chans: int | None = None,
     width_mult: float = 1.0,
     init_mode: InitMode | None = None,
+    *,
+    align: int | None = None,
     **kwargs: object,
 ) -> nn.Module:
     """Build a registered model; it initializes its own weights (the family's rule, see ``init_mode``).
@@ -246,6 +249,11 @@ def create_model(
         init_mode: ``None`` keeps the model's own initialization (``model_info(name).init_mode`` names its rule);
             ``"fan_out"`` (the paper's composite init) or ``"fan_in"`` overrides it: passed to the family's
             constructor when it takes ``init_mode``, else applied with ``init_weights_`` after building.
+        align: every basis group of the model's composite layers a multiple of ``align`` channels (a power of two)
+            where the width allows it, e.g. 16 for onnxruntime's NCHWc convolutions on AVX-512 (the rule:
+            ``lowrankcnn.layers.split_channels``); layer widths never change, and models without composite layers
+            are unchanged. ``None``: the ambient ``lowrankcnn.layers.factory.channel_alignment`` (1 unless set),
+            which builds every published structure.
         **kwargs: the model's own keywords (``model_info(name).kwargs``, e.g. ``dropout``), checked by
             :func:`validate_model_kwargs`.
 
@@ -254,19 +262,24 @@ def create_model(
         ``model.default_cfg`` (:class:`~lowrankcnn.models.cfg.ModelCfg`).
 
     Raises:
-        ConfigError: an unknown model, a bad size or keyword, or weights that would not fit in this
+        ConfigError: an unknown model, a bad size, keyword or ``align``, or weights that would not fit in this
             machine's memory (checked on the meta device before anything is allocated).
     """
     _check_name(name)
+    align = resolve_align(align, f"create_model({name!r})")
     _check_size(name, num_classes, in_chans, width_mult)
     validate_model_kwargs(name, kwargs)
     info = _infos[name]
     classes = num_classes if num_classes is not None else info.num_classes
     in_chans = in_chans if in_chans is not None else info.in_chans
     passed = {"init_mode": init_mode} if init_mode is not None and _takes_init_mode[name] else {}
-    build = lambda: _builders[name](  # noqa: E731
-        num_classes=classes, in_chans=in_chans, width_mult=float(width_mult), **kwargs, **passed
-    )
+
+    def build() -> nn.Module:
+        with channel_alignment(align):
+            return _builders[name](
+                num_classes=classes, in_chans=in_chans, width_mult=float(width_mult), **kwargs, **passed
+            )
+
     if torch.get_default_device().type != "meta":
         with torch.device("meta"):
             weight_bytes = sum(p.numel() * p.element_size() for p in build().parameters())
