@@ -1,6 +1,6 @@
 """The main job behind ``make demo``: a dense model and its low-rank twin, trained and compared.
 
-Trains both on Fashion-MNIST with the same recipe, then measures them with :func:`lowrankcnn.bench.measure`
+Trains both on Fashion-MNIST with the same recipe, then measures them with :func:`lowrankcnn.measure.measure`
 (the deployed models timed interleaved in this process) and reports one :class:`DemoRow` per model: params,
 MACs, test accuracy, training images/s, inference images/s, the speed-up over the dense twin and the MAC
 ratio. :class:`Summary` renders them as a table and writes ``OUT/summary.md``; the training curves go to
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .bench import measure
+from .measure import measure
 from .plot import plot_curves
 from .tables import format_table, markdown_table
 from .training import TrainConfig, load_trained_model

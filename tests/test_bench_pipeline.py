@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import lowrankcnn.bench as bench_module
+import lowrankcnn.measure as measure_module
 from lowrankcnn import create_model, deploy, profile
 from lowrankcnn.bench import BenchSettings, baseline_spec, bench, measure
 from lowrankcnn.cli import main
@@ -66,7 +66,7 @@ def timed_calls(monkeypatch) -> list[dict]:
             _RECORDING[0] = False
 
     CALLS.clear()
-    monkeypatch.setattr(bench_module, "interleaved", spy)
+    monkeypatch.setattr(measure_module, "interleaved", spy)
     return CALLS
 
 

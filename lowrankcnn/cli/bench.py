@@ -6,7 +6,7 @@ import argparse
 import json
 from dataclasses import replace
 
-from ..bench import DEPLOY_CHOICES, BenchSettings, baseline_spec, bench, default_baseline
+from ..bench import DEPLOY_CHOICES, ENGINES, BenchSettings, baseline_spec, bench, default_baseline
 from ..errors import ConfigError
 from .common import (
     add_command,
@@ -44,6 +44,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         repeats=args.repeats,
         warmup=args.warmup,
         device=args.device,
+        engine=args.engine,
     )
     result = bench(spec, baseline, settings, progress=progress_printer(args.progress))
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
@@ -88,6 +89,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--repeats", type=int, default=15, help="timed runs of each model (default 15)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="torch",
+        help="run the deployed models in eager PyTorch (default) or export them to ONNX and time them in "
+        "onnxruntime (CPU, same thread count)",
+    )
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
