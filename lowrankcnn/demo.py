@@ -15,6 +15,7 @@ from pathlib import Path
 from .measure import measure
 from .plot import plot_curves
 from .tables import format_table, markdown_table
+from .timing import load_average, noise_warning
 from .training import TrainConfig, load_trained_model
 from .training.reuse import train_or_reuse
 from .utils import atomic_write_text
@@ -89,8 +90,9 @@ def compare(
 def summarize(dense: str, lowrank: str, out: str | Path, infer_batch: int = 256) -> Summary:
     """The comparison of the two finished runs ``out/<model>`` (their ``last.pt``).
 
-    Inference is timed on the deployed models (``deploy(model, "auto")``: batch norm folded, each
-    low-rank layer in whichever form runs faster here), interleaved in this process. Writes
+    Inference is timed on the deployed models as :func:`lowrankcnn.deploy` gives them by default (batch norm
+    folded, each low-rank layer and the memory format in whichever form runs faster here), interleaved in this
+    process; a noisy measurement says so in the note. Writes
     ``out/summary.md`` and ``out/curves.png``.
     """
     out = Path(out)
@@ -99,7 +101,9 @@ def summarize(dense: str, lowrank: str, out: str | Path, infer_batch: int = 256)
     info = runs[dense][2]["data_info"]
     shape = (infer_batch, info["in_chans"], info["input_size"], info["input_size"])
     models = {name: model for name, (model, _, _) in runs.items()}
-    measured = measure(models, shape, dense, deploy="auto", count="given", repeats=INFER_REPEATS)
+    load_before = load_average()
+    measured = measure(models, shape, dense, count="given", repeats=INFER_REPEATS)  # the defaults: fastest form
+    noise = noise_warning({(n, v): t for n, m in measured.items() for v, t in m.timings.items()}, load_before)
     rows = []
     for name, (_, _, state) in runs.items():
         m, history = measured[name], state["history"]
@@ -123,10 +127,12 @@ def summarize(dense: str, lowrank: str, out: str | Path, infer_batch: int = 256)
     note = (
         f"Fashion-MNIST, width_mult {config.width_mult}, {extras}{config.epochs} epochs, batch {config.batch_size}, "
         f"{config.optimizer} lr {config.lr} ({config.schedule}), seed {config.seed}. Params and MACs per image as "
-        "built (1 MAC = 2 FLOPs); inference of the deployed models (`deploy(model, 'auto')`: batch norm folded, "
-        f"each low-rank layer factorized or fused, whichever runs faster here) at batch {infer_batch}, median of "
-        f"{INFER_REPEATS} interleaved runs; speed-up = inference images/s "
+        "built (1 MAC = 2 FLOPs); inference of the deployed models as `deploy(model)` gives them by default (batch "
+        "norm folded, each low-rank layer factorized or fused and the memory format, whichever runs faster here: "
+        + ", ".join(f"{n} {m.memory_format.replace('contiguous', 'NCHW')}" for n, m in measured.items())
+        + f") at batch {infer_batch}, median of {INFER_REPEATS} interleaved runs; speed-up = inference images/s "
         f"over {dense}'s; MAC ratio = {dense}'s MACs / the model's MACs (the speed-up the counts promise)."
+        + (f" Warning: {noise}." if noise else "")
     )
     summary = Summary(rows, note)
     atomic_write_text(out / "summary.md", summary.markdown())

@@ -23,6 +23,8 @@ from .common import (
     trust_parent,
 )
 
+DEMO_EPOCHS, DEMO_TRAIN_SUBSET = 3, 24_000
+"""``lowrankcnn demo``'s budget: a first impression within 5 minutes on a 2-core CPU."""
 RESUME_FLAGS = {"resume", "epochs", "workers", "data_dir", "no_progress", "progress", "trust_factory"}
 """Flags that may accompany ``--resume``; every other one would change the saved run and is refused."""
 
@@ -238,10 +240,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dense", default="vgg11_gmp")
     p.add_argument("--lowrank", default="vgg11_gmp_lr")
     p.add_argument("--width-mult", type=float, default=0.25)
-    p.add_argument("--epochs", type=positive_int, default=4)
+    p.add_argument("--epochs", type=positive_int, default=DEMO_EPOCHS, help=f"(default {DEMO_EPOCHS})")
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-subset", type=int)
+    p.add_argument(
+        "--train-subset",
+        type=int,
+        default=DEMO_TRAIN_SUBSET,
+        help=f"train on the first N images (default {DEMO_TRAIN_SUBSET}: the demo takes under 5 minutes on 2 CPU "
+        "cores; 60000 for the whole training set)",
+    )
     p.add_argument("--data-dir")
     p.add_argument("--no-bn", action="store_true", help="train without batch norm (as in the paper; slower to start)")
     p.add_argument("--dropout", type=float, default=0.0, help="FC dropout (default 0; the paper's VGG used 0.5)")
