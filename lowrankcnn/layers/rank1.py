@@ -89,7 +89,7 @@ def chain_is_faster(in_channels: int, kernel_size: tuple[int, int], stride: tupl
     chain's 1x1 conv runs at the input resolution, so a stride costs it ``s_h * s_w`` against the assembled conv.
     Kernels with fewer taps save the assembled conv less (1x3: even at ``C_in`` 64-128); larger ones did not favour
     the chain more (its depthwise 5x5 is slow), hence the cap at 9. Over the 150 measured shapes this rule is within
-    1% of always taking the faster form in total time (4% geometric mean, 2.5x worst single shape).
+    1% of always taking the faster form in total time (6% geometric mean, 2.5x worst single shape).
     """
     (kh, kw), (sh, sw) = kernel_size, stride
     return kh * kw > 1 and in_channels * min(kh * kw, 9) >= 144 * sh * sw
