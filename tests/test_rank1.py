@@ -44,20 +44,20 @@ def test_chain_equals_3d_form(scheme, c_in, c_out, k, stride, shared):
             layer.weight.add_(0.1 * torch.randn_like(layer.weight))
         layer.project_()
     x = torch.randn(2, c_in, 13, 10)
-    deployed = layer.to_chain()
+    deployed = layer.to_chain("separate")
     assert [type(m) for m in deployed] == [nn.Conv2d] * 3
     assert deployed[1].groups == deployed[2].groups == c_out
     y = layer(x)
     assert y.shape == deployed(x).shape
     assert rel_err(deployed(x), y) < 1e-5
-    depthwise = layer.to_chain(spatial="depthwise")
+    depthwise = layer.to_chain()  # the default: the faster form
     assert len(depthwise) == 2 and depthwise[1].groups == c_out and depthwise[1].kernel_size == layer.kernel_size
     assert rel_err(depthwise(x), y) < 1e-5
 
 
 def test_chain_is_sensitive_to_a_wrong_factor():
     layer = Rank1Conv2d(4, 9, 3, shared_spatial=True)
-    deployed = layer.to_chain()
+    deployed = layer.to_chain("separate")
     with torch.no_grad():
         deployed[1].weight[0] = deployed[1].weight[0].flip(1)
     x = torch.randn(1, 4, 9, 9)
