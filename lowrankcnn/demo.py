@@ -22,6 +22,7 @@ from .utils import atomic_write_text
 
 HEAD = ("model", "params", "MACs", "test acc", "train img/s", "infer img/s", "speed-up", "MAC ratio")
 INFER_REPEATS = 15
+_FORMAT_NAMES = {"contiguous": "NCHW", "channels_last": "channels-last"}
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def summarize(dense: str, lowrank: str, out: str | Path, infer_batch: int = 256)
         f"{config.optimizer} lr {config.lr} ({config.schedule}), seed {config.seed}. Params and MACs per image as "
         "built (1 MAC = 2 FLOPs); inference of the deployed models as `deploy(model)` gives them by default (batch "
         "norm folded, each low-rank layer factorized or fused and the memory format, whichever runs faster here: "
-        + ", ".join(f"{n} {m.memory_format.replace('contiguous', 'NCHW')}" for n, m in measured.items())
+        + ", ".join(f"{n} {_FORMAT_NAMES[m.memory_format]}" for n, m in measured.items())
         + f") at batch {infer_batch}, median of {INFER_REPEATS} interleaved runs; speed-up = inference images/s "
         f"over {dense}'s; MAC ratio = {dense}'s MACs / the model's MACs (the speed-up the counts promise)."
         + (f" Warning: {noise}." if noise else "")

@@ -23,7 +23,7 @@ from .common import (
     trust_parent,
 )
 
-DEMO_EPOCHS, DEMO_TRAIN_SUBSET = 3, 24_000
+DEMO_EPOCHS, DEMO_TRAIN_SUBSET = 3, 40_000
 """``lowrankcnn demo``'s budget: a first impression within 5 minutes on a 2-core CPU."""
 RESUME_FLAGS = {"resume", "epochs", "workers", "data_dir", "no_progress", "progress", "trust_factory"}
 """Flags that may accompany ``--resume``; every other one would change the saved run and is refused."""
