@@ -93,7 +93,27 @@ def test_every_zoo_model_deploys_equivalently(name):
         assert {r.name for r in report if r.form == "unfolded"} == left  # every batch norm kept, with its reason
         with torch.no_grad():
             assert rel_err(deployed(x), reference) < 1e-4, (name, target)
-    # The default (auto: per-layer form and memory format measured) is equivalent and records what it chose.
+    # Batch norms that follow a conv are folded, in nn.Sequential or in residual blocks (traced); the Kim CIFAR
+    # nets put theirs after the ReLU.
+    left = [m for m in deploy(model, "factorized").modules() if isinstance(m, BATCH_NORM_TYPES)]
+    assert len(left) == (3 if name.startswith("kim_") and name.endswith("cifar10") else 0)
+    assert any(isinstance(m, BATCH_NORM_TYPES) for m in model.modules()) or not left  # original untouched
+
+
+DEEP = ("resnet34", "resnet50", "resnet56")
+"""Families whose default-deploy check (every layer timed) runs in the slow tier only."""
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n.startswith(DEEP) else n for n in list_models()],
+)
+def test_default_deploy_is_equivalent_and_records_its_choices(name):
+    """The default (auto: per-layer form and memory format measured) is equivalent and records what it chose."""
+    model, x = zoo_model(name)
+    with torch.no_grad():
+        reference = model(x)
+    has_low_rank = any(isinstance(m, LOW_RANK) for m in model.modules())
     deployed = deploy(model, input_shape=(1, *x.shape[1:]), repeats=1)
     decision = deploy_decision(deployed)
     assert decision.target == "auto" and decision.input_source == "given"
@@ -104,12 +124,6 @@ def test_every_zoo_model_deploys_equivalently(name):
     fmt = torch.channels_last if decision.memory_format == "channels_last" else torch.contiguous_format
     with torch.no_grad():
         assert rel_err(deployed(x.contiguous(memory_format=fmt)), reference) < 1e-4, (name, "auto")
-
-    # Batch norms that follow a conv are folded, in nn.Sequential or in residual blocks (traced); the Kim CIFAR
-    # nets put theirs after the ReLU.
-    left = [m for m in deploy(model, "factorized").modules() if isinstance(m, BATCH_NORM_TYPES)]
-    assert len(left) == (3 if name.startswith("kim_") and name.endswith("cifar10") else 0)
-    assert any(isinstance(m, BATCH_NORM_TYPES) for m in model.modules()) or not left  # original untouched
 
 
 def separable_layers(model: nn.Module) -> set[str]:
