@@ -61,7 +61,7 @@ from .timing import (
     interleaved,
     separated,
 )
-from .utils import resolve_device
+from .utils import model_device, resolve_device
 from .utils.probe import probe, zeros_for
 
 Target = Literal["factorized", "dense", "auto"]
@@ -324,10 +324,7 @@ def _deploy_in(
 
 
 def _device_of(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    if device is not None:
-        return resolve_device(str(device))
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+    return resolve_device(str(device)) if device is not None else model_device(model)
 
 
 @torch.no_grad()

@@ -40,7 +40,7 @@ from .timing import (
     interleaved,
     train_step_fn,
 )
-from .utils import resolve_device
+from .utils import model_device, resolve_device
 
 BenchDeploy = Literal["none", "factorized", "dense", "auto"]
 DEPLOY_CHOICES: tuple[BenchDeploy, ...] = get_args(BenchDeploy)
@@ -229,7 +229,7 @@ def measure(
     _check_measure(models, input_shape, baseline, memory_formats, count)
     say = progress or (lambda line: None)
     first = next(iter(models.values()))
-    dev = resolve_device(str(device)) if device is not None else _device_of(first)
+    dev = resolve_device(str(device)) if device is not None else model_device(first)
     check_engine(engine, train, compile, dev)
     x = torch.randn(tuple(input_shape), device=dev)
     ready: dict[tuple[str, str], nn.Module] = {}
@@ -290,14 +290,9 @@ def has_low_rank(model: nn.Module) -> bool:
     return any(isinstance(m, LowRankConv2d) for m in model.modules())
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def _on_cpu(model: nn.Module) -> nn.Module:
     """``model`` itself on the CPU, else a CPU copy (``profile`` counts on the CPU)."""
-    return model if _device_of(model).type == "cpu" else copy.deepcopy(model).cpu()
+    return model if model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
 
 
 def _duration(seconds: float) -> str:

@@ -1,8 +1,9 @@
-"""Devices by name, checked against this machine."""
+"""Devices by name, checked against this machine; the device a model lives on."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError
 
@@ -29,3 +30,9 @@ def resolve_device(name: str) -> torch.device:
                 f"$device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)", param="device"
             )
     return device
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without parameters)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
