@@ -33,7 +33,7 @@ from .models import ModelSpec, model_info
 from .models.spec import is_factory_path
 from .profiling import check_fits_memory, input_channels, memory_estimate
 from .tables import format_table
-from .timing import MEMORY_FORMATS, MemoryFormat, load_average, noise_warning
+from .timing import MEMORY_FORMATS, MemoryFormat, cpu_snapshot, load_average, noise_warning, other_cores
 from .utils import resolve_device
 
 __all__ = [
@@ -288,7 +288,7 @@ def bench(
     say(f"building {' and '.join(sp.name for sp in specs.values())}; about {needed / 2**30:.1f} GiB of memory")
     device = resolve_device(s.device if s.engine == "torch" else "cpu")
     built = {key: sp.create().to(device) for key, sp in specs.items()}
-    load_before = load_average()
+    load_before, before = load_average(), cpu_snapshot()
     measured = measure(
         built,
         (s.batch_size, in_chans, size, size),
@@ -303,7 +303,8 @@ def bench(
         progress=progress,
         engine=s.engine,
     )
-    noise = noise_warning({(n, f): t for n, m in measured.items() for f, t in m.timings.items()}, load_before)
+    timings = {(n, f): t for n, m in measured.items() for f, t in m.timings.items()}
+    noise = noise_warning(timings, load_before, other_cores(before, cpu_snapshot()))
     return BenchResult(
         spec, twin, s, torch.get_num_threads(), measured["model"], measured.get("baseline"), str(device), noise
     )

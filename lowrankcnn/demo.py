@@ -15,7 +15,7 @@ from pathlib import Path
 from .measure import measure
 from .plot import plot_curves
 from .tables import format_table, markdown_table
-from .timing import load_average, noise_warning
+from .timing import cpu_snapshot, load_average, noise_warning, other_cores
 from .training import TrainConfig, load_trained_model
 from .training.reuse import train_or_reuse
 from .utils import atomic_write_text
@@ -102,9 +102,10 @@ def summarize(dense: str, lowrank: str, out: str | Path, infer_batch: int = 256)
     info = runs[dense][2]["data_info"]
     shape = (infer_batch, info["in_chans"], info["input_size"], info["input_size"])
     models = {name: model for name, (model, _, _) in runs.items()}
-    load_before = load_average()
+    load_before, before = load_average(), cpu_snapshot()
     measured = measure(models, shape, dense, count="given", repeats=INFER_REPEATS)  # the defaults: fastest form
-    noise = noise_warning({(n, v): t for n, m in measured.items() for v, t in m.timings.items()}, load_before)
+    timings = {(n, v): t for n, m in measured.items() for v, t in m.timings.items()}
+    noise = noise_warning(timings, load_before, other_cores(before, cpu_snapshot()))
     rows = []
     for name, (_, _, state) in runs.items():
         m, history = measured[name], state["history"]

@@ -5,7 +5,8 @@
 device the clock is read only after ``torch.cuda.synchronize`` (kernels run asynchronously).
 
 Noise: a timing is trusted only if the machine was quiet. :func:`noise_warning` says when it was not (a
-wide spread of the interleaved repeats, or a load average above the core count) and :func:`separated`
+wide spread of the interleaved repeats, or other processes busy on the CPU while timing: measured from
+``/proc/stat`` minus this process's own CPU time, the load average where that is unavailable) and :func:`separated`
 decides whether one candidate is faster beyond the noise (its upper quartile below the other's lower one).
 """
 
@@ -70,20 +71,59 @@ def load_average() -> float | None:
         return None
 
 
-def noise_warning(timings: Mapping[object, Timing], load_before: float | None = None) -> str | None:
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds spent by every process (``busy``, from ``/proc/stat``) and by this one (``own``) at ``wall``."""
+
+    busy: float
+    own: float
+    wall: float
+
+
+def cpu_snapshot() -> CpuSnapshot | None:
+    """Now's :class:`CpuSnapshot` (``None`` where ``/proc/stat`` is not readable: not Linux)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()  # cpu user nice system idle iowait irq softirq steal ...
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    own = os.times()
+    return CpuSnapshot((user + nice + system + irq + softirq + steal) / ticks, own.user + own.system, time.monotonic())
+
+
+def other_cores(start: CpuSnapshot | None, end: CpuSnapshot | None) -> float | None:
+    """How many cores other processes kept busy, on average, between two snapshots (``None`` if unknown)."""
+    if start is None or end is None or end.wall <= start.wall:
+        return None
+    return max(0.0, (end.busy - start.busy) - (end.own - start.own)) / (end.wall - start.wall)
+
+
+OTHER_CORES_NOISY = 0.5
+"""Other processes using this many cores on average while timing make the timing untrustworthy."""
+
+
+def noise_warning(
+    timings: Mapping[object, Timing], load_before: float | None = None, others: float | None = None
+) -> str | None:
     """A one-line warning when ``timings`` cannot be trusted, else ``None``: an interquartile range above
-    ``NOISY_SPREAD`` of the median, or a load average (``load_before``: taken before timing, so this process's
-    own threads do not count) at or above the number of cores."""
+    ``NOISY_SPREAD`` of the median, or other processes busy while timing: ``others`` cores on average
+    (:func:`other_cores`, at or above ``OTHER_CORES_NOISY``), or, where that is unknown, a load average
+    (``load_before``) at or above the number of cores."""
     reasons = []
     worst = max(timings.values(), key=lambda t: t.spread, default=None)
     if worst is not None and worst.spread > NOISY_SPREAD:
         reasons.append(f"repeats vary by {100 * worst.spread:.0f}% (interquartile range / median)")
     cores = os.cpu_count() or 1
-    if load_before is not None and load_before >= cores:
+    if others is not None:
+        if others >= OTHER_CORES_NOISY:
+            reasons.append(f"other processes kept {others:.1f} of {cores} cores busy while timing")
+    elif load_before is not None and load_before >= cores:
         reasons.append(f"load average {load_before:.1f} on {cores} cores before timing")
     if not reasons:
         return None
-    return "timings are noisy: " + "; ".join(reasons) + "; other work competes for the CPU, rerun on a quiet machine"
+    return "timings are noisy: " + "; ".join(reasons) + "; rerun on a quiet machine"
 
 
 def synchronize(device: torch.device | str | None) -> None:
