@@ -303,8 +303,8 @@ def bench(
         progress=progress,
         engine=s.engine,
     )
-    timings = {(n, f): t for n, m in measured.items() for f, t in m.timings.items()}
-    noise = noise_warning(timings, load_before, other_cores(before, cpu_snapshot()))
+    reported = {n: m.timing for n, m in measured.items()}  # the variants reported, not the slower ones dropped
+    noise = noise_warning(reported, load_before, other_cores(before, cpu_snapshot()))
     return BenchResult(
         spec, twin, s, torch.get_num_threads(), measured["model"], measured.get("baseline"), str(device), noise
     )
