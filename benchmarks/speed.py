@@ -373,6 +373,8 @@ def write_readme(out: Path, rows: list[dict], layers: list[dict], command: str) 
         "",
         *verdicts(rows, layers),
         "",
+        "Why the missed ones are missed, and what would close them: [analysis.md](analysis.md) (hand-written).",
+        "",
         "## One rank-1 layer vs tensorly-torch CP vs dense",
         "",
         markdown_table(("layer", "form", "MACs", "latency ms", "speed-up vs dense", "MAC ratio"), layer_body),
