@@ -248,11 +248,13 @@ def measure(
                 continue  # auto under onnxruntime: a model with no exact dense form keeps factorized
             tried[name].append(variant)
     say(f"timing {len(fns)} forms, {warmup} warm-up + {repeats} interleaved rounds")
-    first_round = interleaved(fns, repeats=1, warmup=0, device=dev)  # also the first warm-up round
-    per_round = sum(t.median for t in first_round.values())
-    say(f"expected time: about {_duration(per_round * (max(warmup - 1, 0) + repeats))}")
+    rest = warmup
+    if warmup:  # the first warm-up round, timed, gives the expected time
+        first_round = interleaved(fns, repeats=1, warmup=0, device=dev)
+        rest = warmup - 1
+        say(f"expected time: about {_duration(sum(t.median for t in first_round.values()) * (rest + repeats))}")
     timings = interleaved(
-        fns, repeats=repeats, warmup=max(warmup - 1, 0), device=dev, progress=lambda left: say(f"{left} rounds left")
+        fns, repeats=repeats, warmup=rest, device=dev, progress=lambda left: say(f"{left} rounds left")
     )
     results: dict[str, Measurement] = {}
     for name, model in models.items():

@@ -105,6 +105,7 @@ def test_measure_leaves_the_given_models_alone_and_counts_them_on_request(timed_
     models = {"dense": Recorder(low_rank=False), "low-rank": Recorder()}
     before = {k: copy.deepcopy(m.state_dict()) for k, m in models.items()}
     out = measure(models, (2, 3, 10, 10), "dense", train=True, deploy="none", count="given", repeats=2, warmup=0)
+    assert len(timed_calls) == 2 * 2 * 2  # models x memory formats x repeats: warmup=0 runs nothing untimed
     for name, model in models.items():
         assert model.training and all(torch.equal(v, before[name][k]) for k, v in model.state_dict().items())
         assert out[name].macs == profile(model, 10).macs and out[name].params == profile(model, 10).params
