@@ -31,7 +31,7 @@ from .models.cfg import model_cfg
 from .profiling import image_shape, profile
 from .tables import format_table
 
-ConvertMethod = Literal["lr", "lr_join", "lr_wfull", "sf", "rank1", "consecutive"]
+ConvertMethod = Literal["lr", "lr_join", "lr_wfull", "sf", "rank1", "consecutive", "svd", "bsconv"]
 CONVERT_METHODS: tuple[ConvertMethod, ...] = get_args(ConvertMethod)
 ConvertInit = Literal["composite", "fit"]
 CONVERT_INITS: tuple[ConvertInit, ...] = get_args(ConvertInit)
@@ -149,8 +149,11 @@ def _check_arguments(model: object, method: str, init: str, min_channels: object
     if type(min_channels) is not int or min_channels < 1:
         raise ConfigError(f"convert: $min_channels must be an integer >= 1, got {min_channels!r}", param="min_channels")
     cls, _ = LAYERS[method]
-    with torch.device("meta"):  # the options, checked once on a stand-in conv (nothing allocated)
-        cls.from_spec(ConvSpec.make(16, 16, 3, layer=f"convert({method!r})"), **options)
+    # the options, checked once on a stand-in conv (nothing allocated), 64**2 channels wide: square for rank1's
+    # shared_spatial, and wide enough that a size-bound option (svd's rank) is judged per conv, where a conv too
+    # narrow for it is skipped with the reason
+    with torch.device("meta"):
+        cls.from_spec(ConvSpec.make(4096, 4096, 3, layer=f"convert({method!r})"), **options)
     owners: dict[int, str] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         if isinstance(module, nn.Conv2d) and not isinstance(module, LowRankConv2d):
@@ -192,7 +195,8 @@ def convert(
         model: any ``nn.Module``.
         method: ``"lr"`` (half k x 1, half 1 x k), ``"lr_join"`` (the same, then a 1x1 back to the width),
             ``"lr_wfull"`` (3/8 k x 1, 3/8 1 x k, 1/4 full, then a 1x1), ``"sf"`` (1 x k then k x 1), ``"rank1"``,
-            ``"consecutive"``.
+            ``"consecutive"``, ``"svd"`` (k x k to ``rank`` channels, then a 1x1), ``"bsconv"`` (1x1, then
+            depthwise k x k).
         include, exclude: shell-style patterns on module names (``"layer4.*"``); ``include=None`` means all.
         keep_first: leave the first eligible conv (the stem, which sees the raw image) dense.
         min_channels: leave convs with fewer input or output channels dense.
@@ -207,7 +211,8 @@ def convert(
             ``lowrankcnn.layers.split_channels``); ``None``: the ambient ``channel_alignment`` (1 by default; what
             ``create_model(..., align=...)`` sets for the registered converted models). Other methods ignore it.
         **method_options: the method's own options (composite: ``parts``, ``basis_width``; rank1: ``scheme``,
-            ``shared_spatial``), as ``create_lowrank_conv`` takes them.
+            ``shared_spatial``; svd: ``rank`` or ``rank_ratio``), as ``create_lowrank_conv`` takes them. A conv
+            too small for a fixed ``rank`` is skipped with the reason.
 
     Returns:
         ``(converted model, ConversionReport)``.

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from lowrankcnn.training import TrainConfig
 
@@ -84,6 +86,14 @@ def checkpoint_state(**overrides: object) -> dict:
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """``||a - b|| / ||b||``."""
     return ((a - b).norm() / b.norm()).item()
+
+
+def flops(module: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of ``module(x)`` as torch counts them (``FlopCounterMode``: 2 per multiply-accumulate)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(x)
+    return counter.get_total_flops()
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -91,7 +91,7 @@ def test_factory_aligns_composite_methods_only():
     assert wfull.basis == [(3, 1, 16), (1, 3, 32), (3, 3, 16)] and wfull.out_channels == 64
     lde = create_lowrank_conv("lr_wfull", 16, 32, 3, basis_width=112, parts=(("kx1", 3), ("1xk", 3), ("kxk", 1)))
     assert lde.basis == [(3, 1, 48), (1, 3, 48), (3, 3, 16)]
-    for method in ("sf", "rank1", "consecutive", "dense"):  # no basis groups: nothing to align
+    for method in ("sf", "rank1", "consecutive", "svd", "bsconv", "dense"):  # no basis groups: nothing to align
         aligned, plain = create_lowrank_conv(method, 16, 24, 3, align=16), create_lowrank_conv(method, 16, 24, 3)
         assert _shapes(aligned) == _shapes(plain)
     with channel_alignment(16):  # the ambient alignment, which an explicit align overrides

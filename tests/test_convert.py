@@ -80,7 +80,7 @@ def test_every_method_converts_a_zoo_resnet_and_deploys_equivalently(method):
         assert rel_err(deploy(new, "factorized")(x), new(x)) < 1e-4
 
 
-@pytest.mark.parametrize("method", ["lr", "rank1", "sf"])
+@pytest.mark.parametrize("method", ["lr", "rank1", "sf", "svd", "bsconv"])
 def test_fit_reproduces_a_dense_conv_that_is_already_in_the_family(method):
     """init='fit' (post-training decomposition) is exact when the dense weight has the method's structure."""
     conv = nn.Conv2d(8, 8, 3, padding=1, bias=True)
@@ -90,8 +90,12 @@ def test_fit_reproduces_a_dense_conv_that_is_already_in_the_family(method):
             w[:4, :, :, 1], w[4:, :, 1, :] = torch.randn(4, 8, 3), torch.randn(4, 8, 3)
         elif method == "rank1":
             w = torch.einsum("oc,oh,ow->ochw", torch.randn(8, 8), torch.randn(8, 3), torch.randn(8, 3))
-        else:  # separable: a 1x3 conv then a 3x1 conv
+        elif method == "sf":  # a 1x3 conv then a 3x1 conv
             w = torch.einsum("mcw,om,oh->ochw", torch.randn(8, 8, 3), torch.randn(8, 8), torch.randn(8, 3))
+        elif method == "svd":  # rank 2 = 0.25 * C_out as a C_out x (C_in k_h k_w) matrix
+            w = torch.einsum("or,rchw->ochw", torch.randn(8, 2), torch.randn(2, 8, 3, 3))
+        else:  # bsconv: a channel vector times a blueprint per filter
+            w = torch.einsum("oc,ohw->ochw", torch.randn(8, 8), torch.randn(8, 3, 3))
         conv.weight.copy_(w)
     model = nn.Sequential(nn.Conv2d(8, 8, 1), conv)
     new, _ = convert(model, method, init="fit", keep_first=False, min_channels=1)

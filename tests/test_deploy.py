@@ -7,7 +7,14 @@ from torch import nn
 
 from lowrankcnn import create_model, list_models, model_info
 from lowrankcnn.deployment import LOW_RANK, deploy, deploy_decision, deploy_report
-from lowrankcnn.layers import CompositeConv2d, ConsecutiveConv2d, Rank1Conv2d, SeparableConv2d
+from lowrankcnn.layers import (
+    BSConvU,
+    ChannelRankConv2d,
+    CompositeConv2d,
+    ConsecutiveConv2d,
+    Rank1Conv2d,
+    SeparableConv2d,
+)
 from lowrankcnn.layers.fold import BATCH_NORM_TYPES, batchnorm_affine, fold_affine_, fold_batchnorms_
 from lowrankcnn.timing import MEMORY_FORMATS
 
@@ -45,6 +52,8 @@ LAYERS = {
     "rank1_factors": lambda: Rank1Conv2d(6, 9, bias=False),
     "rank1_projected_shared": lambda: Rank1Conv2d(6, 9, scheme="projected", shared_spatial=True),
     "consecutive": lambda: ConsecutiveConv2d(6, 8, stride=2),
+    "channel_rank": lambda: ChannelRankConv2d(6, 8, stride=2, rank=3),
+    "bsconv": lambda: BSConvU(6, 8, (3, 5), dilation=2),
 }
 
 

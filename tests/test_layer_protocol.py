@@ -8,14 +8,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import flops, rel_err
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from lowrankcnn import create_model, deploy, profile
 from lowrankcnn.deployment import LOW_RANK, deploy_report
 from lowrankcnn.errors import ConfigError
 from lowrankcnn.layers import (
+    BSConvU,
+    ChannelRankConv2d,
     CompositeConv2d,
     ConsecutiveConv2d,
     ConvSpec,
@@ -99,6 +100,9 @@ KINDS = {
     "rank1_projected": (Rank1Conv2d, {"scheme": "projected"}),
     "rank1_shared": (Rank1Conv2d, {"shared_spatial": True}),
     "consecutive": (ConsecutiveConv2d, {}),
+    "svd": (ChannelRankConv2d, {}),
+    "svd_rank4": (ChannelRankConv2d, {"rank": 4}),
+    "bsconv": (BSConvU, {}),
     "custom": (MiddleWidthConv2d, {"mid": 5}),
 }
 GEOMETRIES = {
@@ -131,13 +135,6 @@ def random_bn(channels: int) -> nn.BatchNorm2d:
         bn.weight.uniform_(-1.5, 1.5)
         bn.bias.uniform_(-0.5, 0.5)
     return bn
-
-
-def flops(module: nn.Module, x: torch.Tensor) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        module(x)
-    return counter.get_total_flops()
 
 
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))

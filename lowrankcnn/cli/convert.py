@@ -22,6 +22,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         init=args.init,
         inplace=True,
         input_size=args.input_size,
+        **({} if args.method_rank_ratio is None else {"rank_ratio": args.method_rank_ratio}),
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
 
@@ -36,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="registry name, or a factory 'package.module:function'")
     p.add_argument("--method", choices=CONVERT_METHODS, default="lr", help="low-rank layer to use (default lr)")
+    p.add_argument(  # its own dest: the model flags' ``rank_ratio`` belongs to ``--lowrank`` (cli.common)
+        "--rank-ratio",
+        dest="method_rank_ratio",
+        type=float,
+        help="svd: inner width as a fraction of each conv's output channels (default 0.25)",
+    )
     p.add_argument("--init", choices=CONVERT_INITS, default="composite", help="composite (train) or fit (decompose)")
     p.add_argument("--include", nargs="+", metavar="PATTERN", help="convert only these module names (shell patterns)")
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="leave these module names dense")

@@ -14,6 +14,9 @@ Methods (:data:`LowRankMethod`):
 ``"sf"``        1 x k then k x 1 conv, both ``out_chs`` wide (``SeparableConv2d``)
 ``"rank1"``     every filter an outer product of 1-D vectors (``Rank1Conv2d``; ``scheme``, ``shared_spatial``)
 ``"consecutive"`` 1x1 conv, depthwise k x 1, depthwise 1 x k (``ConsecutiveConv2d``)
+``"svd"``       k x k conv to ``rank`` channels, then a 1x1 conv (``ChannelRankConv2d``, Pufferfish; ``rank``,
+                ``rank_ratio``, default 0.25)
+``"bsconv"``    1x1 conv, then a depthwise k x k conv (``BSConvU``, blueprint separable conv)
 ``"dense"``     a plain ``nn.Conv2d``
 ==============  ====================================================================================================
 
@@ -36,7 +39,8 @@ of ``A``, or has fewer blocks than groups, is split in blocks of the largest pow
 down to 1). onnxruntime's fast x86 convolutions (NCHWc) work on blocks of 8 channels (AVX2) or 16 (AVX-512), and
 keep a concat on that path only if every input is block-aligned, so ``align=16`` keeps a composite layer's groups
 and their concat there. The total width never changes, so a layer still has its dense twin's width. The methods
-without basis groups (``sf``, ``rank1``, ``consecutive``, ``dense``) have nothing to align and ignore it.
+without basis groups (``sf``, ``rank1``, ``consecutive``, ``svd``, ``bsconv``, ``dense``) have nothing to align and
+ignore it.
 ``align=None`` (the default) is the ambient alignment: 1, or the value of an enclosing
 ``with channel_alignment(A):``, which is how ``create_model(..., align=A)`` and ``convert(..., align=A)``
 reach every conv a model family or a conversion builds.
@@ -54,11 +58,13 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import ConvSpec, LowRankConv2d
+from .bsconv import BSConvU
+from .channel_rank import ChannelRankConv2d
 from .composite import LR_PARTS, WFULL_PARTS, CompositeConv2d, check_align
 from .rank1 import ConsecutiveConv2d, Rank1Conv2d
 from .separable import SeparableConv2d
 
-LowRankMethod = Literal["lr", "lr_join", "lr_wfull", "sf", "rank1", "consecutive", "dense"]
+LowRankMethod = Literal["lr", "lr_join", "lr_wfull", "sf", "rank1", "consecutive", "svd", "bsconv", "dense"]
 METHODS: tuple[LowRankMethod, ...] = get_args(LowRankMethod)
 LAYERS: Mapping[str, tuple[type[LowRankConv2d], Mapping[str, Any]]] = {
     "lr": (CompositeConv2d, {"parts": LR_PARTS}),
@@ -67,6 +73,8 @@ LAYERS: Mapping[str, tuple[type[LowRankConv2d], Mapping[str, Any]]] = {
     "sf": (SeparableConv2d, {}),
     "rank1": (Rank1Conv2d, {}),
     "consecutive": (ConsecutiveConv2d, {}),
+    "svd": (ChannelRankConv2d, {}),
+    "bsconv": (BSConvU, {}),
 }
 """Every low-rank method: its layer class and the options it passes to ``from_spec`` / ``from_conv``."""
 
@@ -125,7 +133,7 @@ def create_lowrank_conv(
             width allows it (see the module doc); ``None``: the ambient :func:`channel_alignment` (1 by default).
             The other methods have no groups to align and ignore it.
         **kw: the method's own options (composite: ``parts``, ``basis_width``; rank1: ``scheme``,
-            ``shared_spatial``).
+            ``shared_spatial``; svd: ``rank`` or ``rank_ratio``).
 
     Returns:
         The layer, initialized by its constructor (models re-initialize themselves at the end of theirs).

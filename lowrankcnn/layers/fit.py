@@ -2,8 +2,14 @@
 
 * :func:`fit_composite`: least squares onto a composite layer's basis (and join), exact for a weight the layer can
   represent;
-* :func:`fit_separable`: truncated SVD of the kernel reshaped to ``(C_out k_h) x (C_in k_w)``.
+* :func:`fit_separable`: truncated SVD of the kernel reshaped to ``(C_out k_h) x (C_in k_w)``;
+* :func:`fit_channel_rank`: truncated SVD of the kernel reshaped to ``C_out x (C_in k_h k_w)`` (a k x k conv to
+  ``rank`` channels, then a 1x1 conv);
+* :func:`fit_channel_rank1`: per filter, the best rank-1 approximation of the ``C_in x (k_h k_w)`` unfolding
+  (a 1x1 conv, then a depthwise k x k conv).
 
+Every SVD split (:func:`truncated_factors`) gives ``sqrt(sigma)`` to each side, and flips signs so that the largest
+entry of each right singular vector is positive: the factors are a deterministic function of the weight.
 The rank-1 fit is the ALS of :mod:`lowrankcnn.layers.decompose`. Everything is computed in float64 on the CPU.
 """
 
@@ -133,17 +139,47 @@ def fit_composite(
     return filters, mix
 
 
+def truncated_factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``left (..., m, rank)`` and ``right (..., rank, n)`` with ``left @ right`` the best rank-``rank`` approximation
+    of ``matrix`` ``(..., m, n)`` (batched over leading dims): ``U_r sqrt(S_r)`` and ``sqrt(S_r) V_r^T``, with the
+    sign of each component set so the largest-magnitude entry of its row of ``V_r^T`` is positive. Components
+    beyond ``min(m, n)`` are zero."""
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    r = min(rank, s.shape[-1])
+    u, vh = u[..., :r], vh[..., :r, :]
+    root = s[..., :r, None].sqrt() * vh.gather(-1, vh.abs().argmax(dim=-1, keepdim=True)).sign()  # (..., r, 1)
+    left = matrix.new_zeros(*matrix.shape[:-1], rank)
+    left[..., :r] = u * root.transpose(-1, -2)
+    right = matrix.new_zeros(*matrix.shape[:-2], rank, matrix.shape[-1])
+    right[..., :r, :] = root * vh
+    return left, right
+
+
 def fit_separable(weight: torch.Tensor, mid: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A ``1 x k_w`` conv ``(mid, C, 1, k_w)`` and a ``k_h x 1`` conv ``(O, mid, k_h, 1)`` whose composition best
     approximates the dense ``weight`` ``(O, C, k_h, k_w)``: the rank-``mid`` truncated SVD of the kernel reshaped
     to ``(O k_h) x (C k_w)`` (exact when that matrix has rank ``<= mid``)."""
     w = weight.detach().cpu().double()
     o, c, kh, kw = w.shape
-    u, s, vh = torch.linalg.svd(w.permute(0, 2, 1, 3).reshape(o * kh, c * kw), full_matrices=False)
-    r = min(mid, s.numel())
-    root = s[:r].sqrt()
-    second = torch.zeros(o * kh, mid, dtype=w.dtype)
-    second[:, :r] = u[:, :r] * root
-    first = torch.zeros(mid, c * kw, dtype=w.dtype)
-    first[:r] = root[:, None] * vh[:r]
+    second, first = truncated_factors(w.permute(0, 2, 1, 3).reshape(o * kh, c * kw), mid)
     return first.reshape(mid, c, 1, kw), second.reshape(o, kh, mid).permute(0, 2, 1)[..., None]
+
+
+def fit_channel_rank(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``k_h x k_w`` conv ``(rank, C, k_h, k_w)`` and a 1x1 conv ``(O, rank, 1, 1)`` whose composition best
+    approximates the dense ``weight`` ``(O, C, k_h, k_w)`` (Eckart-Young: the residual's squared Frobenius norm is
+    the sum of the squared singular values past ``rank`` of the ``O x (C k_h k_w)`` unfolding)."""
+    w = weight.detach().cpu().double()
+    o, c, kh, kw = w.shape
+    pointwise, spatial = truncated_factors(w.reshape(o, c * kh * kw), rank)
+    return spatial.reshape(rank, c, kh, kw), pointwise[:, :, None, None]
+
+
+def fit_channel_rank1(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 1x1 conv ``(O, C, 1, 1)`` and a depthwise conv ``(O, 1, k_h, k_w)`` whose composition
+    ``W[o, c, y, x] = pw[o, c] dw[o, y, x]`` best approximates the dense ``weight`` ``(O, C, k_h, k_w)``: per filter,
+    the rank-1 truncated SVD of its ``C x (k_h k_w)`` unfolding (exact for filters of that form)."""
+    w = weight.detach().cpu().double()
+    o, c, kh, kw = w.shape
+    pointwise, spatial = truncated_factors(w.reshape(o, c, kh * kw), 1)
+    return pointwise[..., None], spatial.reshape(o, 1, kh, kw)
