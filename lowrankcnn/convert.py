@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
@@ -187,6 +187,7 @@ def convert(
     input_size: int | Sequence[int] | None = None,
     count: bool = True,
     align: int | None = None,
+    per_layer: Mapping[str, Mapping[str, Any]] | None = None,
     **method_options: Any,
 ) -> tuple[nn.Module, ConversionReport]:
     """Replace the eligible convs of ``model`` by ``method``'s low-rank layer (see the module doc).
@@ -213,6 +214,9 @@ def convert(
         **method_options: the method's own options (composite: ``parts``, ``basis_width``; rank1: ``scheme``,
             ``shared_spatial``; svd: ``rank`` or ``rank_ratio``), as ``create_lowrank_conv`` takes them. A conv
             too small for a fixed ``rank`` is skipped with the reason.
+
+        per_layer: options for single convs by module name, over ``method_options`` (e.g. Cuttlefish's ranks,
+            ``{"layer2.0.conv1": {"rank": 5}}``; a ``rank`` there replaces a global ``rank_ratio``).
 
     Returns:
         ``(converted model, ConversionReport)``.
@@ -243,7 +247,7 @@ def convert(
             reason = "excluded"
         if reason is None:
             try:
-                layer = cls.from_conv(module, fit=init == "fit", **method_options)
+                layer = cls.from_conv(module, fit=init == "fit", **_options_for(name, method_options, per_layer))
             except ConfigError as err:
                 reason = f"{method} cannot reproduce it exactly ({err})"
         if reason is not None:
@@ -252,6 +256,9 @@ def convert(
         layer.train(module.training)
         _set_submodule(target, name, layer)
         replaced.append((name, module, layer))
+    unknown = sorted(set(per_layer or {}) - {name for name, _ in target.named_modules()})
+    if unknown:
+        raise ConfigError(f"convert: $per_layer names {', '.join(unknown)}, which are not modules of the model")
     if not replaced:
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in report.skipped) or "it has no nn.Conv2d"
         raise ConfigError(f"convert: no conv of {type(model).__name__} can be converted ({reasons})")
@@ -274,6 +281,17 @@ def convert(
     report.params_after = sum(p.numel() for p in target.parameters())
     report.macs_before, report.macs_after = (before.macs, after.macs) if before and after else (None, None)
     return target, report
+
+
+def _options_for(
+    name: str, options: Mapping[str, Any], per_layer: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, Any]:
+    """``options`` with ``per_layer[name]`` over them (a layer's own ``rank`` drops a global ``rank_ratio``)."""
+    own = dict((per_layer or {}).get(name, {}))
+    merged = {**options, **own}
+    if "rank" in own:
+        merged.pop("rank_ratio", None)
+    return merged
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:

@@ -28,11 +28,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, convert, evaluate, export, models, plot, train
+    from . import bench, convert, decompose, evaluate, export, models, plot, train
 
     parser = OneLineParser(prog="lowrankcnn", description="Low-rank CNNs: model zoo, counting, training.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (models, convert, train, evaluate, export, bench, plot):
+    for module in (models, convert, train, decompose, evaluate, export, bench, plot):
         module.register(sub)
     return parser
 

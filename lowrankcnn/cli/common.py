@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..distributed import default_threads
+from ..errors import ConfigError
 from ..models import ModelSpec
 from ..training.config import MAX_THREADS
 
@@ -56,7 +57,45 @@ def lowrank_parent() -> argparse.ArgumentParser:
         choices=CONVERT_METHODS,
         help="convert the model's convs with this method (as `lowrankcnn convert`; any model)",
     )
+    p.add_argument(
+        "--rank",
+        type=rank_value,
+        help="svd: inner width of every converted conv (train: 'auto' for Cuttlefish's per-layer stable rank, "
+        "with --warmup-dense)",
+    )
+    p.add_argument("--rank-ratio", type=float, help="svd: inner width as a fraction of each conv's outputs (0.25)")
+    p.add_argument("--keep-dense", nargs="+", metavar="PATTERN", help="leave convs with these names dense")
     return p
+
+
+def rank_value(text: str) -> int | str:
+    """``--rank``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}")
+    return value
+
+
+def lowrank_options(args: argparse.Namespace) -> dict[str, object]:
+    """The ``convert`` keywords of :func:`lowrank_parent`'s flags (``--rank auto`` is a training recipe: refused
+    here)."""
+    rank = getattr(args, "rank", None)
+    if rank == "auto":
+        raise ConfigError("--rank auto chooses ranks during training (lowrankcnn train --warmup-dense E)")
+    given = {
+        "rank": rank,
+        "rank_ratio": getattr(args, "rank_ratio", None),
+        "exclude": getattr(args, "keep_dense", None),
+    }
+    options = {k: v for k, v in given.items() if v is not None}
+    if options and getattr(args, "lowrank", None) is None:
+        raise ConfigError("--rank, --rank-ratio and --keep-dense apply to a conversion: give --lowrank too")
+    return options
 
 
 def shape_parent() -> argparse.ArgumentParser:
@@ -77,6 +116,7 @@ def model_spec(args: argparse.Namespace, name: str) -> ModelSpec:
         1.0 if args.width_mult is None else args.width_mult,
         dict(args.model_kwargs or []),
         getattr(args, "lowrank", None),
+        lowrank_options(args),
     )
 
 

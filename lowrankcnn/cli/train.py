@@ -11,13 +11,14 @@ from ..demo import compare
 from ..errors import ConfigError
 from ..layers.rank1 import Rank1Scheme
 from ..training import OPTIMIZERS, SCHEDULES, TrainConfig, Trainer, recipe_config
-from ..training.config import PROJECT_UNITS
+from ..training.config import INITS, PROJECT_UNITS
 from .common import (
     add_command,
     default_run_dir,
     explicit_flags,
     lowrank_parent,
     model_parent,
+    parse_model_kwarg,
     positive_int,
     threads_parent,
     trust_parent,
@@ -42,6 +43,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     if not args.model:
         raise ConfigError("give $model NAME or package.module:function (or $resume RUN_DIR to continue a run)")
     settings = {name: getattr(args, name) for name in CONFIG_FLAGS}
+    settings["lowrank_kwargs"] = dict(args.lowrank_kwargs) if args.lowrank_kwargs else None
     settings["augment"] = False if args.no_augment else None
     return recipe_config(
         args.model, args.out or default_run_dir(args.model), model_kwargs=_model_kwargs(args), **settings
@@ -74,6 +76,13 @@ CONFIG_FLAGS = (
     "threads",
     "dist_timeout",
     "lowrank",
+    "rank",
+    "rank_ratio",
+    "keep_dense",
+    "lowrank_kwargs",
+    "warmup_dense",
+    "init",
+    "frobenius_decay",
 )
 """``train`` flags that are :class:`TrainConfig` fields of the same name (``None``: not given)."""
 
@@ -213,6 +222,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--project-every", type=int, help="projected scheme: re-project every N epochs (or steps, --project-unit)"
     )
     p.add_argument("--project-unit", choices=PROJECT_UNITS)
+    p.add_argument(
+        "--lowrank-kwargs",
+        nargs="+",
+        type=parse_model_kwarg,
+        metavar="KEY=VALUE",
+        help="the --lowrank method's layer options, e.g. scheme=projected (rank1)",
+    )
+    p.add_argument(
+        "--warmup-dense",
+        type=int,
+        metavar="E",
+        help="with --lowrank: train the dense model E epochs, then convert it by fitting its trained weights and go "
+        "on low-rank (Pufferfish; with --rank auto, E is the longest warm-up)",
+    )
+    p.add_argument(
+        "--init",
+        choices=INITS,
+        help="low-rank layers: composite (default) or spectral (the SVD of a He-initialized dense weight)",
+    )
+    p.add_argument(
+        "--frobenius-decay",
+        type=float,
+        metavar="LAMBDA",
+        help="weight decay on each low-rank layer's product (LAMBDA/2 ||W||^2) instead of on its factors",
+    )
     p.add_argument("--channels-last", action="store_true", default=None, help="channels-last memory format")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--seed", type=int)

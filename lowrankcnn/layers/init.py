@@ -31,7 +31,7 @@ from .base import HE_GAIN, INIT_MODES, InitMode, LowRankConv2d, he_normal_
 from .composite import composite_fan
 from .fold import BATCH_NORM_TYPES
 
-__all__ = ["INIT_MODES", "InitMode", "composite_fan", "init_composite_", "init_weights_"]
+__all__ = ["INIT_MODES", "InitMode", "composite_fan", "init_composite_", "init_weights_", "spectral_init_"]
 
 
 @torch.no_grad()
@@ -58,6 +58,33 @@ def init_weights_(module: nn.Module, mode: InitMode = "fan_out", gain: float = H
         elif isinstance(sub, BATCH_NORM_TYPES) and sub.affine:
             nn.init.ones_(sub.weight)
             nn.init.zeros_(sub.bias)
+    return module
+
+
+@torch.no_grad()
+def spectral_init_(module: nn.Module, mode: InitMode = "fan_out", gain: float = HE_GAIN) -> nn.Module:
+    """Spectral initialization (Khodak et al., ICLR 2021) of every low-rank layer in ``module``; returns ``module``.
+
+    Each ``LowRankConv2d`` gets the factors its ``fit_`` finds for a dense weight drawn by He init (``mode``,
+    ``gain``) for the dense conv it stands for (bias zero): for a channel-rank or separable layer that is the
+    truncated SVD of a random Gaussian matrix, whose factors ``U√S`` and ``√S Vᵀ`` have balanced norms. Every other
+    layer is left as it is (call :func:`init_weights_` first for a fresh model).
+
+    Raises:
+        ConfigError: ``module`` has no low-rank layer, or one that cannot fit its factors to a dense weight.
+    """
+    if mode not in INIT_MODES:
+        raise ConfigError(f"spectral_init_: mode must be {' or '.join(map(repr, INIT_MODES))}, got {mode!r}")
+    handled: set[nn.Module] = set()
+    for sub in module.modules():
+        if sub in handled or not isinstance(sub, LowRankConv2d):
+            continue
+        handled.update(sub.modules())
+        dense = sub.conv_spec().conv2d().to(next(sub.parameters()).device)
+        he_normal_(dense, mode, gain)
+        sub.fit_(dense.weight, dense.bias)
+    if not handled:
+        raise ConfigError("spectral_init_: the model has no low-rank layer to initialize (convert it first)")
     return module
 
 

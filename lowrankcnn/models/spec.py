@@ -50,6 +50,8 @@ class ModelSpec:
     width_mult: float = 1.0
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     lowrank: str | None = None
+    lowrank_options: Mapping[str, Any] = field(default_factory=dict)
+    """``convert`` keywords of the conversion (e.g. ``rank_ratio``, ``exclude``, ``per_layer``)."""
 
     @property
     def name(self) -> str:
@@ -73,7 +75,7 @@ class ModelSpec:
     @property
     def dense(self) -> ModelSpec:
         """This spec without its low-rank conversion (the model it converts)."""
-        return replace(self, lowrank=None)
+        return replace(self, lowrank=None, lowrank_options={})
 
     def factory(self) -> Callable[..., nn.Module]:
         """The factory function (importing it for a factory path); a :class:`ConfigError` for a registry name."""
@@ -113,7 +115,8 @@ class ModelSpec:
             if self.lowrank is not None:
                 from ..convert import convert
 
-                model, _ = convert(model, self.lowrank, inplace=True, count=False)  # the report is not used here
+                options = dict(self.lowrank_options)
+                model, _ = convert(model, self.lowrank, inplace=True, count=False, **options)  # report not used
         cfg = model_cfg(model)
         if cfg is not None and self.lowrank is not None:
             model.default_cfg = replace(cfg, name=f"{cfg.name}+{self.lowrank}", baseline=cfg.name)
@@ -149,6 +152,7 @@ class ModelSpec:
             "width_mult": self.width_mult,
             "kwargs": dict(self.kwargs),
             "lowrank": self.lowrank,
+            "lowrank_options": dict(self.lowrank_options),
         }
 
 

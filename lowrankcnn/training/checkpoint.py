@@ -33,6 +33,7 @@ from ..models import model_info
 from ..models.cfg import ModelCfg, model_cfg
 from ..utils import atomic_write_bytes
 from .config import TrainConfig
+from .lowrank_phase import LowRankPhase
 
 CHECKPOINT_FORMAT = 1
 RESUME_KEYS = ("optimizer", "schedule", "rng", "history", "best_acc")
@@ -167,9 +168,13 @@ def data_info(data: DataBundle) -> dict[str, Any]:
     }
 
 
-def build_model(config: TrainConfig, info: dict[str, Any]) -> nn.Module:
+def build_model(config: TrainConfig, info: dict[str, Any], phase: LowRankPhase | None = None) -> nn.Module:
     """The model a run trains, freshly initialized: ``config.model`` sized for the data set in ``info`` (converted
     when ``config.lowrank`` is set), its ``default_cfg`` carrying that data's input size and normalization.
+
+    ``phase`` (a checkpoint's :class:`~.lowrank_phase.LowRankPhase`) gives the form of a run with a dense phase: the
+    dense model before its switch (also for a fresh run of such a config), the converted one with the chosen ranks
+    after it.
 
     A model with an ``input_size`` keyword (a fixed-input net) is built for the data's input size unless the
     run's ``model_kwargs`` set it. A factory's model gets a ``default_cfg`` here (it has none of its own), so
@@ -179,6 +184,11 @@ def build_model(config: TrainConfig, info: dict[str, Any]) -> nn.Module:
         ConfigError: the model does not map a batch of the data's shape to one logit per class.
     """
     spec = config.model_spec(info["num_classes"], info["in_chans"])
+    switched = phase is not None and phase.switched
+    if (switched and phase.stays_dense) or (config.starts_dense and not switched):
+        spec = spec.dense
+    elif switched:
+        spec = replace(spec, lowrank_options=phase.convert_options(spec.lowrank_options))
     if spec.registered and "input_size" in model_info(config.model).kwargs and "input_size" not in spec.kwargs:
         spec = spec.with_kwargs(input_size=info["input_size"])
     model = spec.create()
@@ -269,8 +279,9 @@ def load_trained_model(
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"], source=str(path))
     check_trusted(config, path, trust_factory)
+    phase = LowRankPhase.from_state(state, path)
     try:
-        model = build_model(config, state["data_info"])
+        model = build_model(config, state["data_info"], phase)
     except LowRankCNNError as err:
         raise CheckpointError(f"{path}: cannot rebuild its model: {err}") from err
     load_state(model, state["model"], path, config.model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from ..convert import ConvertMethod
@@ -22,9 +22,13 @@ from ..utils.annotations import describe, fits
 from .schedule import Schedule
 
 Optimizer = Literal["sgd", "adamw"]
+LowRankInit = Literal["composite", "spectral"]
+INITS: tuple[str, ...] = typing.get_args(LowRankInit)
 ProjectUnit = Literal["epoch", "step"]
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 PROJECT_UNITS: tuple[str, ...] = typing.get_args(ProjectUnit)
+RESUME_OVERRIDES = ("epochs", "workers", "out", "data_dir")
+"""Fields a resumed run may change: more epochs extend it; workers and the folder path change no result."""
 MAX_THREADS = 1024
 MAX_SEED = 2**32 - 1
 
@@ -35,7 +39,13 @@ class TrainConfig:
 
     ``threads=None`` means torch's current setting, which the trainer then records here, so a resumed
     run uses the same count. ``lowrank`` converts the model's convs with that method before training
-    (``lowrankcnn.convert``: the model trains low-rank from scratch).
+    (``lowrankcnn.convert``: the model trains low-rank from scratch), with ``rank``/``rank_ratio`` (method ``svd``)
+    and leaving the convs matching a ``keep_dense`` pattern dense; ``lowrank_kwargs`` are the method's own layer
+    options (e.g. ``{"scheme": "projected"}`` for ``rank1``). ``warmup_dense = E`` trains the dense model
+    ``E`` epochs first and then converts it by fitting (``rank="auto"``: Cuttlefish's per-layer rank, switching when
+    the ranks settle, after ``E`` epochs at the latest; see :mod:`.lowrank_phase`). ``init="spectral"`` starts every
+    low-rank layer from the SVD of a He-initialized dense weight; ``frobenius_decay = λ`` adds ``λ/2 ||W||_F²`` of
+    every low-rank layer's product ``W`` to the loss and exempts its factors from ``weight_decay``.
     ``dist_timeout`` (seconds) bounds how long a data-parallel rank waits for
     the others before the job fails. Field names are the keyword arguments of the library and the
     dashed flags of ``lowrankcnn train``.
@@ -71,6 +81,13 @@ class TrainConfig:
     dist_timeout: float = 300.0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     lowrank: ConvertMethod | None = None
+    rank: int | Literal["auto"] | None = None
+    rank_ratio: float | None = None
+    keep_dense: list[str] = field(default_factory=list)
+    lowrank_kwargs: dict[str, Any] = field(default_factory=dict)
+    warmup_dense: int = 0
+    init: LowRankInit = "composite"
+    frobenius_decay: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for an impossible setting (the model keywords included)."""
@@ -98,7 +115,8 @@ class TrainConfig:
         _finite("dist_timeout", self.dist_timeout, low=0.0, low_open=True)
         _finite("momentum", self.momentum, low=0.0, high=1.0)
         _finite("label_smoothing", self.label_smoothing, low=0.0, high=1.0)
-        for name in ("optimizer", "schedule", "project_unit"):
+        self._validate_lowrank()
+        for name in ("optimizer", "schedule", "project_unit", "init"):
             choices = typing.get_args(_HINTS[name])
             if getattr(self, name) not in choices:
                 raise ConfigError(
@@ -112,6 +130,69 @@ class TrainConfig:
             )
         self.model_spec().validate()  # imports a factory: a run's own factory is trusted (see trust_factory)
         resolve_device(self.device)
+
+    def _validate_lowrank(self) -> None:
+        _at_least("warmup_dense", self.warmup_dense, 0)
+        _finite("frobenius_decay", self.frobenius_decay, low=0.0)
+        if self.rank_ratio is not None:
+            _finite("rank_ratio", self.rank_ratio, low=0.0, high=1.0 + 1e-9, low_open=True)
+        if self.rank is not None and self.rank != "auto":
+            _at_least("rank", self.rank, 1)
+        if not isinstance(self.keep_dense, list) or not all(isinstance(p, str) for p in self.keep_dense):
+            raise ConfigError(
+                f"$keep_dense must be a list of name patterns, got {self.keep_dense!r}", param="keep_dense"
+            )
+        needs_method = {
+            "rank": self.rank is not None,
+            "rank_ratio": self.rank_ratio is not None,
+            "keep_dense": bool(self.keep_dense),
+            "lowrank_kwargs": bool(self.lowrank_kwargs),
+            "warmup_dense": self.warmup_dense > 0,
+        }
+        for name, given in needs_method.items():
+            if given and self.lowrank is None:
+                raise ConfigError(f"${name} applies to a conversion: give $lowrank (e.g. svd) too", param=name)
+        if self.rank is not None and self.rank_ratio is not None:
+            raise ConfigError("give $rank or $rank_ratio, not both", param="rank")
+        if self.rank == "auto":
+            if self.lowrank != "svd":
+                raise ConfigError(
+                    f"$rank auto chooses channel ranks: it needs $lowrank svd, not {self.lowrank!r}", param="rank"
+                )
+            if self.warmup_dense < 1:
+                raise ConfigError(
+                    "$rank auto measures the ranks of trained dense weights: give $warmup_dense E >= 1 (the longest "
+                    "warm-up; the switch comes earlier once the ranks settle)",
+                    param="rank",
+                )
+        if self.init == "spectral" and self.warmup_dense > 0:
+            raise ConfigError(
+                "$init spectral initializes low-rank layers from scratch; with $warmup_dense they are fitted to the "
+                "trained dense weights instead. Use one or the other",
+                param="init",
+            )
+        if self.warmup_dense >= self.epochs:
+            raise ConfigError(
+                f"$warmup_dense ({self.warmup_dense}) leaves no low-rank epochs in a run of $epochs {self.epochs}",
+                param="warmup_dense",
+            )
+
+    def lowrank_options(self) -> dict[str, Any]:
+        """The ``convert`` keywords of the run's conversion (``rank``/``rank_ratio``, ``keep_dense`` as ``exclude``);
+        ``rank="auto"`` ranks are chosen during the run (:mod:`.lowrank_phase`)."""
+        options: dict[str, Any] = {}
+        if isinstance(self.rank, int):
+            options["rank"] = self.rank
+        if self.rank_ratio is not None:
+            options["rank_ratio"] = self.rank_ratio
+        if self.keep_dense:
+            options["exclude"] = list(self.keep_dense)
+        return {**self.lowrank_kwargs, **options}
+
+    @property
+    def starts_dense(self) -> bool:
+        """Whether the run trains its dense model first and converts it during the run (``warmup_dense``)."""
+        return self.lowrank is not None and self.warmup_dense > 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -153,10 +234,39 @@ class TrainConfig:
 
     def model_spec(self, num_classes: int | None = None, in_chans: int | None = None) -> ModelSpec:
         """The run's model, sized for a data set with ``num_classes`` classes and ``in_chans`` channels."""
-        return ModelSpec(self.model, num_classes, in_chans, self.width_mult, dict(self.model_kwargs), self.lowrank)
+        return ModelSpec(
+            self.model,
+            num_classes,
+            in_chans,
+            self.width_mult,
+            dict(self.model_kwargs),
+            self.lowrank,
+            self.lowrank_options(),
+        )
 
 
 _HINTS = typing.get_type_hints(TrainConfig)
+
+
+def resumed_config(given: TrainConfig, saved: TrainConfig, trained_epochs: int, where: object) -> TrainConfig:
+    """The configuration a run in ``where`` resumes with: ``saved``, with only :data:`RESUME_OVERRIDES` taken from
+    ``given`` (whose other fields must be ``None`` or as saved); a ``ConfigError`` otherwise, or for fewer
+    ``epochs`` than the ``trained_epochs`` already done."""
+    for name, value in given.to_dict().items():
+        if name not in RESUME_OVERRIDES and value is not None and value != getattr(saved, name):
+            raise ConfigError(
+                f"{where} is resumed with its saved configuration, where ${name} is "
+                f"{getattr(saved, name)!r}; it cannot become {value!r}. Start a new run (another $out) instead",
+                param=name,
+            )
+    if given.epochs < trained_epochs:
+        raise ConfigError(
+            f"{where} has already trained {trained_epochs} epochs; $epochs must be at least that, got {given.epochs}",
+            param="epochs",
+        )
+    config = replace(saved, **{k: getattr(given, k) for k in RESUME_OVERRIDES})
+    config.validate()
+    return config
 
 
 def recipe_config(model: str, out: str, **settings: Any) -> TrainConfig:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunDirectoryError
-from .config import TrainConfig
+from .config import RESUME_OVERRIDES, TrainConfig
 from .run_directory import RunDirectory, saved_config
-from .trainer import RESUME_OVERRIDES, Trainer
+from .trainer import Trainer
 
 
 def config_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:

@@ -68,6 +68,11 @@ class LRSchedule:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
 
+    def rebind(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drive ``optimizer`` from now on (a run that replaced its optimizer), at the current rate."""
+        self.optimizer = optimizer
+        self._apply()
+
     def step(self) -> None:
         """Advance one iteration."""
         self.step_count += 1

@@ -6,9 +6,8 @@ uninterrupted run exactly: the data order and augmentation of every epoch depend
 ``(seed, epoch)``, the checkpoint holds the model, optimizer, schedule and RNG states, and the
 thread count is part of the saved configuration.
 
-Divergence policy: training stops with :class:`TrainingDiverged`, *before* the epoch is saved, when
-a step's loss is not finite or exceeds ``DIVERGENCE_FACTOR`` times the run's first loss, or when the
-test loss or any weight is not finite at the end of an epoch. ``last.pt`` and ``best.pt`` therefore
+Divergence policy (:mod:`.divergence`): training stops with :class:`TrainingDiverged`, *before* the
+epoch is saved, when a loss or weight is not finite or the loss explodes, so ``last.pt`` and ``best.pt``
 only ever hold finite models.
 """
 
@@ -28,20 +27,19 @@ from tqdm import tqdm
 from ..data import build_data
 from ..data.loaders import TENSOR_SPECS
 from ..distributed import DistInfo, all_reduce_sum, collective, default_threads, env_info, setup, teardown
-from ..errors import ConfigError, RunDirectoryError, TrainingDiverged
+from ..errors import RunDirectoryError
 from ..evaluate import evaluate, main_logits
+from ..layers.init import spectral_init_
 from ..models import model_info
 from ..utils import resolve_device
 from ..utils.losses import classification_loss
 from .checkpoint import build_model, check_trusted, data_info, load_checkpoint, load_state
-from .config import TrainConfig
+from .config import TrainConfig, resumed_config
+from .divergence import DivergencePolicy
+from .frobenius import decay_groups, frobenius_penalty
+from .lowrank_phase import PHASE_KEY, LowRankPhase, before_epoch, fresh_phase
 from .run_directory import RunDirectory, last_checkpoint, saved_config
 from .schedule import LRSchedule
-
-DIVERGENCE_FACTOR = 100.0
-"""A step loss this many times the run's first loss counts as divergence."""
-RESUME_OVERRIDES = ("epochs", "workers", "out", "data_dir")
-"""Fields a resumed run may change: more epochs extend it; workers and the folder path change no result."""
 
 
 def input_size_for(config: TrainConfig) -> int | None:
@@ -59,7 +57,7 @@ def constrained_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if callable(getattr(m, "constrain_", None))]
 
 
-class Trainer:
+class Trainer(DivergencePolicy):
     """Trains ``config.model`` on ``config.data``; ``fit()`` runs all remaining epochs.
 
     Use it as a context manager (or call :meth:`close`): it holds the run directory's lock, the
@@ -75,6 +73,8 @@ class Trainer:
         verbose: print one line per epoch (rank 0 only).
         trust_factory: resuming a run of a user's own model (``"package.module:function"``) imports the module
             its checkpoint names; allowed only with this set (a new run's own factory needs nothing).
+        start_from: a new run's initial weights and the dense/low-rank phase they belong to (instead of a fresh
+            initialization): how ``lowrankcnn decompose`` starts a fine-tuning run from a trained dense model.
     """
 
     def __init__(
@@ -85,6 +85,7 @@ class Trainer:
         overwrite: bool = False,
         verbose: bool = True,
         trust_factory: bool = False,
+        start_from: tuple[dict[str, torch.Tensor], LowRankPhase] | None = None,
     ) -> None:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.verbose = verbose
@@ -104,10 +105,15 @@ class Trainer:
                 checkpoint = load_checkpoint(path, for_resume=True)
                 saved = TrainConfig.from_dict(checkpoint["config"], source=str(path))
                 check_trusted(saved, path, trust_factory)
-                config = self._resumed_config(config, saved, checkpoint)
+                config = resumed_config(config, saved, checkpoint["epoch"], self.run.path)
             elif is_main:
                 self.run.check_free(overwrite)
-            self._setup(config)
+            if checkpoint is not None:
+                self._setup(config, LowRankPhase.from_state(checkpoint, path))
+            else:
+                self._setup(config, None if start_from is None else start_from[1])
+                if start_from is not None:
+                    load_state(self.model, start_from[0], "the starting weights", config.model)
             if checkpoint is None and self.dist.is_main:
                 self.run.clear()  # only now: a run that cannot start (bad data, model) leaves the old one intact
             if checkpoint is not None:
@@ -141,26 +147,9 @@ class Trainer:
         config = replace(saved, **{k: v for k, v in changes.items() if v is not None})
         return cls(config, resume=True, progress=progress, verbose=verbose, trust_factory=trust_factory)
 
-    def _resumed_config(self, given: TrainConfig, saved: TrainConfig, checkpoint: dict[str, Any]) -> TrainConfig:
-        for name, value in given.to_dict().items():
-            if name not in RESUME_OVERRIDES and value is not None and value != getattr(saved, name):
-                raise ConfigError(
-                    f"{self.run.path} is resumed with its saved configuration, where ${name} is "
-                    f"{getattr(saved, name)!r}; it cannot become {value!r}. Start a new run (another $out) instead",
-                    param=name,
-                )
-        if given.epochs < checkpoint["epoch"]:
-            raise ConfigError(
-                f"{self.run.path} has already trained {checkpoint['epoch']} epochs; $epochs must be at least that, "
-                f"got {given.epochs}",
-                param="epochs",
-            )
-        config = replace(saved, **{k: getattr(given, k) for k in RESUME_OVERRIDES})
-        config.validate()
-        return config
-
-    def _setup(self, config: TrainConfig) -> None:
-        """Threads, device, process group, data, model, optimizer and schedule of a fresh start."""
+    def _setup(self, config: TrainConfig, phase: LowRankPhase | None) -> None:
+        """Threads, device, process group, data, model, optimizer and schedule of a fresh start (in the form
+        ``phase``, a resumed run's dense/low-rank phase, gives)."""
         config.threads = config.threads or default_threads() or torch.get_num_threads()
         torch.set_num_threads(config.threads)
         if config.data_dir is not None:  # saved absolute, so eval and resume work from any folder
@@ -185,9 +174,13 @@ class Trainer:
             input_size=input_size_for(config),
         )
         self.info = data_info(self.data)
-        self.model = build_model(config, self.info).to(self.device)
-        if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        model = build_model(config, self.info, phase)
+        if phase is None and config.init == "spectral":
+            spectral_init_(model)
+        self.phase = phase
+        if phase is None and config.starts_dense:
+            self.phase = fresh_phase(model, config.lowrank, config.lowrank_options(), config.rank == "auto")
+        self._place(model)
         self.optimizer = self._make_optimizer()
         steps_per_epoch = len(self.data.train)
         self.schedule = LRSchedule(
@@ -204,15 +197,47 @@ class Trainer:
         self.best_acc = -1.0
         self.reference_loss: float | None = None
         self.repaired: list[str] = []
+
+    def _place(self, model: nn.Module) -> None:
+        """Make ``model`` the one trained: on the device, in the memory format, wrapped for DDP."""
+        self.model = model.to(self.device)
+        if self.config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.constrained = constrained_modules(self.model)
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
+    def _switch_if_due(self) -> None:
+        """A run with a dense phase: measure its ranks and, when due, convert it and start a new optimizer (the
+        schedule goes on at the same step); see :mod:`.lowrank_phase`."""
+        c = self.config
+        if self.phase is None:
+            return
+        switched = before_epoch(
+            self.phase, self.model, c.lowrank, c.lowrank_options(), self.epoch, c.warmup_dense, c.rank == "auto"
+        )
+        if switched is None:
+            return
+        model, report = switched
+        if report is None:
+            message = f"after {self.epoch} dense epochs: no layer's rank would cut its MACs; the model stays dense"
+        else:
+            self._place(model)
+            self.optimizer = self._make_optimizer()
+            self.schedule.rebind(self.optimizer)
+            ranks = ", ".join(f"{n} {r}" for n, r in self.phase.ranks.items())
+            message = (
+                f"after {self.epoch} dense epochs: converted to {c.lowrank} ({len(report.converted)} convs, params "
+                f"{report.params_before:,} -> {report.params_after:,})" + (f"; ranks: {ranks}" if ranks else "")
+            )
+        if self.verbose and self.dist.is_main:
+            tqdm.write(message, file=sys.stdout)
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
-        params = self.model.parameters()
+        params = decay_groups(self.model, c.weight_decay, c.frobenius_decay)
         if c.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
@@ -242,7 +267,15 @@ class Trainer:
             "history": self.history,
             "best_acc": self.best_acc,
             "reference_loss": self.reference_loss,
+            **({} if self.phase is None else {PHASE_KEY: self.phase.to_dict()}),
         }
+
+    def commit_start(self) -> None:
+        """Save the run as it starts (epoch 0: ``config.json``, ``last.pt``, empty metrics), so that
+        :meth:`resume` trains it (``lowrankcnn decompose`` then ``train --resume``)."""
+        if self.dist.is_main:
+            self.run.write_config(self.config.to_dict())
+            self.run.commit_epoch(self._state(), is_best=False)
 
     @property
     def finished(self) -> bool:
@@ -250,7 +283,12 @@ class Trainer:
         return self.epoch >= self.config.epochs
 
     def loss(self, output: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
-        return classification_loss(output, target, self.config.label_smoothing, self.config.aux_weight)
+        """The classification loss, plus ``λ/2 Σ ||W||_F²`` over the low-rank layers with Frobenius decay ``λ``."""
+        c = self.config
+        loss = classification_loss(output, target, c.label_smoothing, c.aux_weight)
+        if c.frobenius_decay > 0:
+            loss = loss + 0.5 * c.frobenius_decay * frobenius_penalty(self.model)
+        return loss
 
     def project(self) -> None:
         """Apply every layer's constraint (``constrain_()``: e.g. re-project every ``projected`` rank-1 layer onto
@@ -260,30 +298,6 @@ class Trainer:
 
     def on_step_end(self, epoch: int, step: int) -> None:
         """Hook called after every optimizer step (no-op; subclasses may override)."""
-
-    def _diverged(self, what: str, step: int | None = None) -> TrainingDiverged:
-        last = self.run.path / "last.pt"
-        if self.epoch == 0 or not last.exists():
-            saved = "No checkpoint was written yet."
-        else:
-            saved = f"The last good checkpoint, {last} (epoch {self.epoch}), is intact."
-        return TrainingDiverged(
-            f"{what} at epoch {self.epoch + 1}{'' if step is None else f', step {step + 1}'} "
-            f"(lr {self.schedule.lr:.3g}); training stopped before saving it. "
-            f"{saved} Lower $lr (or add $warmup_epochs) and retrain."
-        )
-
-    def _check_step_loss(self, loss: float, step: int) -> None:
-        if not math.isfinite(loss):
-            raise self._diverged(f"the loss became {loss}", step)
-        if self.reference_loss is None:
-            self.reference_loss = loss
-        elif loss > DIVERGENCE_FACTOR * max(self.reference_loss, 1e-3):
-            raise self._diverged(
-                f"the loss exploded to {loss:.3g} (over {DIVERGENCE_FACTOR:g}x the run's first loss, "
-                f"{self.reference_loss:.3g})",
-                step,
-            )
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training data; returns mean loss, accuracy and throughput (all ranks)."""
@@ -331,11 +345,6 @@ class Trainer:
         loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], self.dist, f"end of epoch {self.epoch + 1}")
         return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "train_images_per_s": seen / elapsed}
 
-    def _check_finite_model(self) -> None:
-        for name, tensor in [*self.model.named_parameters(), *self.model.named_buffers()]:
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise self._diverged(f"weight {name} became non-finite")
-
     def _run_epoch(self) -> dict[str, Any]:
         """Train, project and test one epoch; raise :class:`TrainingDiverged` instead of returning a bad epoch."""
         c = self.config
@@ -369,6 +378,7 @@ class Trainer:
             if self.dist.is_main:
                 self.run.write_config(c.to_dict())
             while self.epoch < c.epochs:
+                self._switch_if_due()
                 row = self._run_epoch()
                 self.epoch += 1
                 self.history.append(row)

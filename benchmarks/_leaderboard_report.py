@@ -1,0 +1,260 @@
+"""``leaderboard.py report``: accuracy, counts, interleaved timings, Pareto plots and verdicts from finished runs."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lowrankcnn import profile
+from lowrankcnn.measure import measure
+from lowrankcnn.tables import markdown_table
+from lowrankcnn.timing import cpu_snapshot, noise_warning, other_cores
+from lowrankcnn.training import load_trained_model
+from lowrankcnn.training.metrics import read_metrics
+from lowrankcnn.utils import atomic_write_bytes, atomic_write_text
+
+INFER_BATCH, TRAIN_BATCH, REPEATS = 64, 128, 15
+SHAPE = (1, 28, 28)
+
+
+@dataclass
+class Row:
+    name: str
+    label: str
+    accs: list[float]
+    params: int
+    macs: int
+    epoch_s: float
+    timing: dict[str, Any]
+
+    @property
+    def acc(self) -> float:
+        return statistics.mean(self.accs)
+
+    @property
+    def spread(self) -> float:
+        """Max - min test accuracy over the seeds (0 with one seed)."""
+        return max(self.accs) - min(self.accs)
+
+
+def _finished_runs(runs: Path, name: str) -> list[Path]:
+    found = []
+    for path in sorted(runs.glob(f"{name}_s*")):
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if len(read_metrics(path)) >= config["epochs"]:
+            found.append(path)
+    return found
+
+
+def _time(name: str, model: torch.nn.Module, dense: torch.nn.Module, threads: int | None) -> dict[str, Any]:
+    """Inference (torch, deployed by default; onnxruntime) and a training step, each interleaved with dense."""
+    if threads:
+        torch.set_num_threads(threads)
+    models = {"dense": dense, name: model}
+    result: dict[str, Any] = {}
+    start = cpu_snapshot()
+    timings = {}
+    for key, kwargs in {
+        "torch": {"input_shape": (INFER_BATCH, *SHAPE)},
+        "onnxruntime": {"input_shape": (INFER_BATCH, *SHAPE), "engine": "onnxruntime"},
+        "train": {"input_shape": (TRAIN_BATCH, *SHAPE), "train": True, "deploy": "none"},
+    }.items():
+        measured = measure(models, baseline="dense", repeats=REPEATS, **kwargs)
+        m = measured[name]
+        result[key] = {"ms": 1000 * m.timing.median, "dense_ms": 1000 * m.baseline_seconds, "speedup": m.speedup}
+        timings.update({(key, k): v.timing for k, v in measured.items()})
+    result["noise"] = noise_warning(timings, None, other_cores(start, cpu_snapshot())) or ""
+    return result
+
+
+def _rows(entries: Sequence[Any], runs: Path, results: Path, threads: int | None) -> tuple[list[Row], list[str]]:
+    cache_path = results / "timings.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    dense_runs = _finished_runs(runs, "dense")
+    if not dense_runs:
+        raise SystemExit(f"no finished dense run in {runs}: train it first (leaderboard.py train --only dense)")
+    dense_model, _, _ = load_trained_model(dense_runs[0] / "last.pt")
+    rows, missing = [], []
+    for entry in entries:
+        paths = _finished_runs(runs, entry.name)
+        if not paths:
+            missing.append(entry.name)
+            continue
+        model, _, _ = load_trained_model(paths[0] / "last.pt")
+        counts = profile(model, SHAPE)
+        histories = [read_metrics(p) for p in paths]
+        if entry.name not in cache:
+            print(f"timing {entry.name} against dense", flush=True)
+            cache[entry.name] = _time(entry.name, model, dense_model, threads)
+            atomic_write_text(cache_path, json.dumps(cache, indent=2) + "\n")
+        rows.append(
+            Row(
+                entry.name,
+                entry.label,
+                [h[-1]["test_acc"] for h in histories],
+                counts.params,
+                counts.macs,
+                statistics.median(r["epoch_time_s"] for r in histories[0]),
+                cache[entry.name],
+            )
+        )
+    return rows, missing
+
+
+def _plots(rows: list[Row], results: Path) -> None:
+    from matplotlib.figure import Figure
+
+    for key, xlabel, x in (
+        ("macs", "MACs per 28x28 image (millions, log scale)", lambda r: r.macs / 1e6),
+        (
+            "latency",
+            f"deployed CPU latency, ms per batch of {INFER_BATCH} (torch, log scale)",
+            lambda r: r.timing["torch"]["ms"],
+        ),
+    ):
+        fig = Figure(figsize=(8, 5.5))
+        ax = fig.subplots()
+        for r in rows:
+            ax.errorbar(
+                x(r),
+                100 * r.acc,
+                yerr=[[100 * (r.acc - min(r.accs))], [100 * (max(r.accs) - r.acc)]],
+                fmt="o",
+                color="black" if r.name == "dense" else "tab:blue",
+                capsize=3,
+            )
+            ax.annotate(r.name, (x(r), 100 * r.acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("Fashion-MNIST test accuracy (%)")
+        ax.set_title(f"resnet20 leaderboard: accuracy vs {'MACs' if key == 'macs' else 'measured latency'}")
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        buf = __import__("io").BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+        atomic_write_bytes(results / f"pareto_{key}.png", buf.getvalue())
+
+
+CLAIMS = (
+    ("Ioannou: lr ≈ lr_join", "lr", "lr_join", "equal"),
+    ("Ioannou: lr_wfull beats dense", "lr_wfull", "dense", "better"),
+    ("Ioannou: from scratch beats post-training decomposition (sf)", "sf", "posttrain_sf", "better"),
+    ("Kim: 3-D rank-1 trains where consecutive 1-D fails", "rank1", "consecutive", "better"),
+    ("Pufferfish: warm-up + SVD beats from-scratch low-rank", "pufferfish", "svd", "better"),
+    ("Cuttlefish: automatic rank beats fixed rank", "cuttlefish", "pufferfish", "better"),
+    ("Khodak: spectral init + Frobenius decay beats the composite init on sf", "sf_si_fd", "sf", "better"),
+)
+
+
+def _verdicts(rows: list[Row]) -> list[str]:
+    by = {r.name: r for r in rows}
+    noise = max((r.spread for r in rows if len(r.accs) > 1), default=0.0)
+    lines = [
+        f"Seed noise: the largest max-min spread of any entry with 2+ seeds is {100 * noise:.2f} pp; a "
+        "difference smaller than that is called within noise."
+    ]
+    for claim, a, b, kind in CLAIMS:
+        if a not in by or b not in by:
+            lines.append(f"- **{claim}**: not yet measured ({a if a not in by else b} missing).")
+            continue
+        diff = 100 * (by[a].acc - by[b].acc)
+        within = abs(diff) <= 100 * noise
+        mac = f"MACs {by[a].macs / 1e6:.1f}M vs {by[b].macs / 1e6:.1f}M"
+        accs = f"{100 * by[a].acc:.2f}% vs {100 * by[b].acc:.2f}% ({diff:+.2f} pp, {mac})"
+        if kind == "equal":
+            verdict = "holds" if within else "does not hold"
+        else:
+            verdict = "within seed noise" if within else ("holds" if diff > 0 else "does not hold")
+        lines.append(f"- **{claim}**: {accs}: {verdict}.")
+    return lines
+
+
+def _goal(rows: list[Row]) -> str:
+    dense = next(r for r in rows if r.name == "dense")
+    ok = [
+        r
+        for r in rows
+        if r.name != "dense"
+        and dense.acc - r.acc <= 0.003
+        and r.macs <= dense.macs / 3
+        and (r.timing["torch"]["speedup"] or 0) >= 2.0
+    ]
+    if ok:
+        best = max(ok, key=lambda r: r.acc)
+        return (
+            f"Goal met by **{best.name}**: {100 * best.acc:.2f}% vs dense {100 * dense.acc:.2f}%, "
+            f"{dense.macs / best.macs:.2f}x fewer MACs, {best.timing['torch']['speedup']:.2f}x faster."
+        )
+    return (
+        "Goal (within 0.3 pp of dense at <= 1/3 of its MACs and >= 2x its measured CPU speed) not met by any "
+        "entry; see the table for the closest."
+    )
+
+
+def report(entries: Sequence[Any], runs: Path, results: Path, command: str, threads: int | None) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    rows, missing = _rows(entries, runs, results, threads)
+    dense = next(r for r in rows if r.name == "dense")
+    head = (
+        "entry",
+        "method",
+        "test acc",
+        "seeds",
+        "params",
+        "MACs",
+        "MAC ratio",
+        "torch x",
+        "ORT x",
+        "train x",
+        "s/epoch",
+    )
+    body = [
+        [
+            r.name,
+            r.label,
+            f"{100 * r.acc:.2f}%" + (f" ±{50 * r.spread:.2f}" if len(r.accs) > 1 else ""),
+            str(len(r.accs)),
+            f"{r.params:,}",
+            f"{r.macs:,}",
+            f"{dense.macs / r.macs:.2f}x",
+            f"{r.timing['torch']['speedup']:.2f}x",
+            f"{r.timing['onnxruntime']['speedup']:.2f}x",
+            f"{r.timing['train']['speedup']:.2f}x",
+            f"{r.epoch_s:.0f}",
+        ]
+        for r in sorted(rows, key=lambda r: -r.acc)
+    ]
+    table = markdown_table(head, body)
+    _plots(rows, results)
+    text = "\n".join(
+        [
+            "# Low-rank leaderboard: resnet20 on Fashion-MNIST",
+            "",
+            "Made by:",
+            "",
+            f"```sh\n{command}\n```",
+            "",
+            table,
+            "",
+            *_verdicts(rows),
+            "",
+            _goal(rows),
+            "",
+            *([f"Not finished yet: {', '.join(missing)}."] if missing else []),
+            "![accuracy vs MACs](pareto_macs.png)",
+            "",
+            "![accuracy vs latency](pareto_latency.png)",
+            "",
+        ]
+    )
+    atomic_write_text(results / "README.md", text)
+    print(text)

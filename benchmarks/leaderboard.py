@@ -1,0 +1,185 @@
+"""The low-rank leaderboard: every method on one backbone, one recipe, one data set (issue 14).
+
+``resnet20`` on full Fashion-MNIST, the same epochs, optimizer, schedule, augmentation and seeds for every entry;
+each entry is the dense model converted by ``lowrankcnn.convert`` with one method and recipe (stem conv dense).
+Runs are resumable and a finished run is reused, so the board fills in over several sittings:
+
+    python benchmarks/leaderboard.py train            # seed 0 of every entry, then seed 1 of the headline ones
+    python benchmarks/leaderboard.py train --only dense pufferfish
+    python benchmarks/leaderboard.py report           # latency (interleaved vs dense), table, plots, verdicts
+
+``report`` writes ``results/leaderboard/`` from whatever runs have finished (missing ones are listed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lowrankcnn.training import TrainConfig, Trainer
+from lowrankcnn.training.decompose import decompose_run
+from lowrankcnn.training.reuse import train_or_reuse
+
+BACKBONE, EPOCHS, LR, BATCH = "resnet20", 10, 0.05, 128
+WEIGHT_DECAY = 5e-4
+POST_TRAIN_DENSE_EPOCHS = 7
+"""Post-training decomposition: this many dense epochs, then ``EPOCHS`` minus these of fine-tuning."""
+FINE_TUNE_LR = 0.01
+PUFFERFISH_KEEP = ["layer1.0.*"]
+"""Pufferfish keeps the stem and the first residual block dense (its CIFAR ResNet-18 code)."""
+CUTTLEFISH_KEEP = ["layer1.*"]
+"""Cuttlefish keeps the stem and the whole first stage dense (its CIFAR ResNet-18 code hard-codes it)."""
+RUNS = Path("runs/leaderboard")
+RESULTS = Path("results/leaderboard")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One method: ``TrainConfig`` fields over the shared recipe (``post_train``: decompose a shorter dense run)."""
+
+    name: str
+    label: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    post_train: bool = False
+    headline: bool = False
+
+    def config(self, seed: int, runs: Path = RUNS, **quick: Any) -> TrainConfig:
+        """The run of ``seed`` (``quick``: e.g. ``train_subset``, for a quick check of the script)."""
+        base = TrainConfig(
+            model=BACKBONE,
+            out=str(runs / f"{self.name}_s{seed}"),
+            epochs=EPOCHS,
+            lr=LR,
+            batch_size=BATCH,
+            weight_decay=WEIGHT_DECAY,
+            seed=seed,
+        )
+        return replace(base, **self.settings, **quick)
+
+
+ENTRIES = (
+    Entry("dense", "dense resnet20", headline=True),
+    Entry("lr", "Ioannou lr (3x1|1x3)", {"lowrank": "lr"}, headline=True),
+    Entry("lr_join", "Ioannou lr_join", {"lowrank": "lr_join"}),
+    Entry("lr_wfull", "Ioannou lr_wfull", {"lowrank": "lr_wfull"}),
+    Entry("sf", "Tai/Jaderberg sf, composite init", {"lowrank": "sf"}),
+    Entry(
+        "sf_si_fd",
+        "sf, spectral init + Frobenius decay",
+        {"lowrank": "sf", "init": "spectral", "frobenius_decay": WEIGHT_DECAY},
+    ),
+    Entry("rank1", "Kim rank-1 (factors)", {"lowrank": "rank1"}),
+    Entry("rank1_projected", "Kim rank-1 (projected)", {"lowrank": "rank1", "lowrank_kwargs": {"scheme": "projected"}}),
+    Entry("consecutive", "Kim consecutive 1-D", {"lowrank": "consecutive"}),
+    Entry("bsconv", "BSConv-U", {"lowrank": "bsconv"}),
+    Entry("svd", "channel rank C/4 from scratch", {"lowrank": "svd", "keep_dense": PUFFERFISH_KEEP}),
+    Entry(
+        "pufferfish",
+        "Pufferfish: 3 dense epochs + SVD",
+        {"lowrank": "svd", "keep_dense": PUFFERFISH_KEEP, "warmup_dense": 3},
+        headline=True,
+    ),
+    Entry(
+        "cuttlefish",
+        "Cuttlefish: auto rank + FD",
+        {
+            "lowrank": "svd",
+            "rank": "auto",
+            "warmup_dense": 5,
+            "keep_dense": CUTTLEFISH_KEEP,
+            "frobenius_decay": WEIGHT_DECAY,
+        },
+        headline=True,
+    ),
+    Entry("posttrain_sf", "post-training sf (7 dense + 3 fine-tune)", {"lowrank": "sf"}, post_train=True),
+)
+BY_NAME = {e.name: e for e in ENTRIES}
+
+
+def run_dir(entry: Entry, seed: int, runs: Path = RUNS) -> Path:
+    return runs / f"{entry.name}_s{seed}"
+
+
+def finished(path: Path) -> bool:
+    """Whether the run in ``path`` trained all its epochs (its metrics have as many rows as its config's epochs)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+        rows = (path / "metrics.jsonl").read_text().splitlines()
+    except (OSError, ValueError):
+        return False
+    return len(rows) >= config["epochs"]
+
+
+def train_post(entry: Entry, seed: int, runs: Path, quick: dict[str, Any]) -> None:
+    """Dense for ``POST_TRAIN_DENSE_EPOCHS``, decomposed (``decompose_run``), fine-tuned for the rest."""
+    dense = replace(
+        BY_NAME["dense"].config(seed, runs, **quick),
+        epochs=POST_TRAIN_DENSE_EPOCHS,
+        out=str(runs / f"dense_e{POST_TRAIN_DENSE_EPOCHS}_s{seed}"),
+    )
+    train_or_reuse(dense, progress=False)
+    out = run_dir(entry, seed, runs)
+    if not (out / "last.pt").is_file():
+        decompose_run(
+            dense.out, entry.settings["lowrank"], out, epochs=EPOCHS - POST_TRAIN_DENSE_EPOCHS, lr=FINE_TUNE_LR
+        )
+    with Trainer.resume(out, progress=False) as trainer:
+        trainer.fit()
+
+
+def train(entry: Entry, seed: int, runs: Path = RUNS, quick: dict[str, Any] | None = None) -> None:
+    if finished(run_dir(entry, seed, runs)):
+        print(f"{entry.name} seed {seed}: finished, reused", flush=True)
+        return
+    print(f"{entry.name} seed {seed}: training", flush=True)
+    if entry.post_train:
+        train_post(entry, seed, runs, quick or {})
+    else:
+        train_or_reuse(entry.config(seed, runs, **(quick or {})), progress=False)
+
+
+def plan(only: list[str] | None, seeds: int, runs: Path) -> list[tuple[Entry, int]]:
+    """Seed 0 of every entry (or of ``only``), then the other seeds of the headline entries and of the two best
+    low-rank entries by seed-0 accuracy so far."""
+    chosen = [BY_NAME[n] for n in only] if only else list(ENTRIES)
+    order = [(e, 0) for e in chosen]
+    best = sorted(
+        (e for e in chosen if e.name != "dense" and finished(run_dir(e, 0, runs))),
+        key=lambda e: -final_accuracy(run_dir(e, 0, runs)),
+    )[:2]
+    extra = [e for e in chosen if e.headline or e in best]
+    return order + [(e, s) for s in range(1, seeds) for e in extra]
+
+
+def final_accuracy(path: Path) -> float:
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    return rows[-1]["test_acc"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("phase", choices=("train", "report"))
+    parser.add_argument("--only", nargs="+", choices=sorted(BY_NAME), help="these entries only")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds of the headline entries (default 2)")
+    parser.add_argument("--runs", type=Path, default=RUNS, help="run directories (not committed)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="committed outputs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for timing (default: all)")
+    parser.add_argument("--train-subset", type=int, help="a quick check of the script: the first N training images")
+    parser.add_argument("--test-subset", type=int, help="a quick check: the first N test images")
+    args = parser.parse_args()
+    if args.phase == "train":
+        quick = {k: v for k, v in (("train_subset", args.train_subset), ("test_subset", args.test_subset)) if v}
+        for entry, seed in plan(args.only, args.seeds, args.runs):
+            train(entry, seed, args.runs, quick)
+        return
+    from _leaderboard_report import report
+
+    report(ENTRIES, args.runs, args.results, " ".join(["python", *sys.argv]), args.threads)
+
+
+if __name__ == "__main__":
+    main()

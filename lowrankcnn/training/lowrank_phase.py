@@ -1,0 +1,177 @@
+"""A run's dense → low-rank switch: dense warm-up (Pufferfish), automatic ranks (Cuttlefish), post-training
+decomposition.
+
+A run with ``lowrank`` set and ``warmup_dense = E > 0`` trains its dense model for ``E`` epochs, then converts it
+with ``init="fit"`` (each conv replaced by the truncated SVD, or the method's own fit, of its trained weight; batch
+norms and every other layer carried over) and goes on low-rank. With ``rank="auto"`` (method ``svd``) each layer's
+rank is Cuttlefish's scaled stable rank (:mod:`.auto_rank`), measured before every warm-up epoch, and the switch
+comes as soon as every layer's rank has settled, after ``E`` epochs at the latest; a layer whose rank would not
+cut its MACs stays dense. :class:`LowRankPhase` is that state; it is saved in every checkpoint
+(``state["lowrank_phase"]``) so that a resumed run, ``eval`` and ``export`` rebuild the model in the form the
+weights belong to, and it records the chosen ranks.
+
+The optimizer at the switch: a new one (momentum and Adam moments start from zero, as in Pufferfish's and
+Cuttlefish's code: the factors are new parameters, the dense weights' momentum has no meaning for them), while the
+learning-rate schedule continues where it was (same global step).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..convert import ConversionReport, convert
+from ..errors import CheckpointError
+from . import auto_rank
+
+PHASE_KEY = "lowrank_phase"
+"""The checkpoint entry holding a run's :class:`LowRankPhase` (absent in runs built low-rank or dense)."""
+
+
+@dataclass
+class LowRankPhase:
+    """Where a run with a dense phase stands (see the module doc).
+
+    Attributes:
+        switch_epoch: epochs trained dense before the switch (``None``: still dense).
+        ranks: the rank of every converted layer, by module name (``rank="auto"`` only).
+        dense_layers: convs left dense because their rank would not cut their MACs (``rank="auto"``).
+        init_ranks: each tracked layer's stable rank at initialization (the scale of ``rank="auto"``).
+        history: the scaled stable ranks measured before each warm-up epoch, ``[{layer: rank}, ...]``.
+        settled: the layers whose rank has settled.
+        source: the dense checkpoint a decomposed run started from (``lowrankcnn decompose``).
+    """
+
+    switch_epoch: int | None = None
+    ranks: dict[str, int] = field(default_factory=dict)
+    dense_layers: list[str] = field(default_factory=list)
+    init_ranks: dict[str, int] = field(default_factory=dict)
+    history: list[dict[str, int]] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
+    source: str | None = None
+
+    @property
+    def switched(self) -> bool:
+        return self.switch_epoch is not None
+
+    @property
+    def stays_dense(self) -> bool:
+        """Switched with automatic ranks, none of which cut a layer's MACs: the model went on dense."""
+        return self.switched and bool(self.dense_layers) and not self.ranks
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], path: object) -> LowRankPhase | None:
+        """The phase saved in checkpoint ``state`` (``None`` if it has none); a ``CheckpointError`` if malformed."""
+        saved = state.get(PHASE_KEY)
+        if saved is None:
+            return None
+        try:
+            phase = cls(**saved)
+            ok = (phase.switch_epoch is None or isinstance(phase.switch_epoch, int)) and all(
+                isinstance(k, str) and isinstance(v, int) and v >= 1 for k, v in phase.ranks.items()
+            )
+        except TypeError:
+            ok = False
+        if not ok:
+            raise CheckpointError(f"{path}: its {PHASE_KEY!r} entry is malformed; use another checkpoint")
+        return phase
+
+    def convert_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The run's ``convert`` keywords ``options`` plus what rebuilds the switched structure: the per-layer ranks
+        and the layers kept dense (added to ``exclude``)."""
+        merged = dict(options)
+        if self.ranks:
+            merged["per_layer"] = {name: {"rank": rank} for name, rank in self.ranks.items()}
+        if self.dense_layers:
+            merged["exclude"] = [*options.get("exclude", ()), *self.dense_layers]
+        return merged
+
+
+def candidates(model: nn.Module, method: str, options: Mapping[str, Any]) -> list[str]:
+    """The convs ``convert(model, method, **options)`` would replace (found on a meta-device copy: no memory)."""
+    stand_in = copy.deepcopy(model).to("meta")
+    _, report = convert(stand_in, method, inplace=True, count=False, **options)
+    return [layer.name for layer in report.converted]
+
+
+def conv_weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    return {name: model.get_submodule(name).weight for name in names}
+
+
+def measure_ranks(model: nn.Module, phase: LowRankPhase) -> dict[str, int]:
+    """The scaled stable rank of every tracked layer now (``phase.init_ranks`` gives the layers and scales)."""
+    weights = conv_weights(model, list(phase.init_ranks))
+    return {name: auto_rank.scaled_rank(w, phase.init_ranks[name]) for name, w in weights.items()}
+
+
+def breaks_even(conv: nn.Conv2d, rank: int) -> bool:
+    """Whether a channel-rank layer of ``rank`` has fewer MACs than ``conv``: ``r (C_in k² + C_out) < C_out C_in k²``
+    (the 1x1 runs at the output size, like the k x k, so per-pixel counts compare)."""
+    kernel = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    return rank * (kernel + conv.out_channels) < conv.out_channels * kernel
+
+
+def switch(
+    model: nn.Module, method: str, options: Mapping[str, Any], phase: LowRankPhase, epoch: int, auto: bool
+) -> tuple[nn.Module, ConversionReport | None]:
+    """Convert the trained dense ``model`` (``init="fit"``), recording the switch in ``phase``; with ``auto`` each
+    tracked layer gets its scaled stable rank now, and layers where that rank saves no MACs stay dense (all of them:
+    the model is returned as it is, with no report)."""
+    if auto:
+        ranks = measure_ranks(model, phase)
+        phase.dense_layers = [name for name, r in ranks.items() if not breaks_even(model.get_submodule(name), r)]
+        phase.ranks = {name: r for name, r in ranks.items() if name not in phase.dense_layers}
+    phase.switch_epoch = epoch
+    if phase.stays_dense:
+        return model, None
+    return convert(model, method, init="fit", count=False, **phase.convert_options(options))
+
+
+def start_auto(model: nn.Module, method: str, options: Mapping[str, Any]) -> LowRankPhase:
+    """A fresh ``rank="auto"`` phase: the stable rank at initialization of every conv the method would replace."""
+    names = candidates(model, method, options)
+    return LowRankPhase(init_ranks={n: auto_rank.stable_rank(w) for n, w in conv_weights(model, names).items()})
+
+
+def ready_to_switch(phase: LowRankPhase, epoch: int, warmup: int, auto: bool) -> bool:
+    """Before epoch ``epoch + 1``: switch now? Fixed warm-up: after ``warmup`` epochs. Auto: once every tracked
+    layer has settled (the measurement for ``epoch`` is already in ``phase.history``), else after ``warmup``."""
+    if phase.switched:
+        return False
+    if epoch >= warmup:
+        return True
+    if not auto or epoch == 0:
+        return False
+    phase.settled = auto_rank.settled(phase.history[1:], phase.settled)  # [0]: at init, full rank by construction
+    return len(phase.settled) == len(phase.init_ranks)
+
+
+def fresh_phase(model: nn.Module, method: str | None, options: Mapping[str, Any], auto: bool) -> LowRankPhase:
+    """The phase of a new run that starts dense: for ``auto`` ranks, the stable ranks of its initialization."""
+    if auto and method is not None:
+        return start_auto(model, method, options)
+    return LowRankPhase()
+
+
+def before_epoch(
+    phase: LowRankPhase, model: nn.Module, method: str, options: Mapping[str, Any], epoch: int, warmup: int, auto: bool
+) -> tuple[nn.Module, ConversionReport | None] | None:
+    """Before epoch ``epoch + 1`` of a dense phase: measure the ranks (``auto``; idempotent for one ``epoch``, so a
+    resumed run measures the same) and switch if it is time; returns the converted model and its report, or ``None``
+    while the run stays dense."""
+    if phase.switched:
+        return None
+    if auto:
+        del phase.history[epoch:]
+        phase.history.append(measure_ranks(model, phase))
+    if not ready_to_switch(phase, epoch, warmup, auto):
+        return None
+    return switch(model, method, options, phase, epoch, auto)
