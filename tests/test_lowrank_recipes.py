@@ -10,7 +10,7 @@ from torch import nn
 
 from lowrankcnn.cli import main
 from lowrankcnn.errors import ConfigError
-from lowrankcnn.layers import LowRankConv2d, SeparableConv2d
+from lowrankcnn.layers import ChannelRankConv2d, LowRankConv2d, SeparableConv2d
 from lowrankcnn.layers.init import spectral_init_
 from lowrankcnn.training import TrainConfig, Trainer, load_checkpoint, load_trained_model
 from lowrankcnn.training.auto_rank import mean_slope, scaled_rank, settled, stable_rank
@@ -99,6 +99,17 @@ def test_frobenius_penalty_gradient_is_that_of_the_explicit_product():
     torch.testing.assert_close(grad_h, expected[0], rtol=1e-6, atol=0)
     torch.testing.assert_close(grad_v, expected[1], rtol=1e-6, atol=0)
     assert frobenius_penalty(nn.Sequential(nn.Conv2d(2, 2, 3))).item() == 0.0
+
+
+def test_frobenius_gradient_of_a_channel_rank_layer_is_the_closed_form():
+    torch.manual_seed(1)
+    layer = ChannelRankConv2d(4, 6, 3, rank=2)
+    grads = torch.autograd.grad(0.5 * 0.3 * frobenius_penalty(layer), [layer.conv_kxk.weight, layer.conv_1x1.weight])
+    a = layer.conv_kxk.weight.detach().reshape(2, 36)  # W = B A: (6, 2) @ (2, 36)
+    b = layer.conv_1x1.weight.detach().reshape(6, 2)
+    w = b @ a
+    torch.testing.assert_close(grads[0].reshape(2, 36), 0.3 * b.T @ w, rtol=1e-5, atol=1e-7)  # λ Bᵀ W
+    torch.testing.assert_close(grads[1].reshape(6, 2), 0.3 * w @ a.T, rtol=1e-5, atol=1e-7)  # λ W Aᵀ
 
 
 def test_frobenius_decay_exempts_factor_weights_only():
@@ -208,7 +219,7 @@ def test_auto_rank_records_the_chosen_ranks(tmp_path, capsys):
     assert set(phase["ranks"]) | set(phase["dense_layers"]) == set(phase["init_ranks"])
     assert all(1 <= r for r in phase["ranks"].values())
     text = capsys.readouterr().out
-    assert "dense epochs:" in text
+    assert "dense epoch" in text
     model, _, _ = load_trained_model(out / "last.pt")
     for name, rank in phase["ranks"].items():
         assert model.get_submodule(name).rank == rank

@@ -75,7 +75,7 @@ def decompose_run(
     else:
         phase = LowRankPhase()
     phase.source = str(source)
-    converted, report = switch(model, method, options, phase, 0, auto)
+    converted, report = switch(model, method, options, phase, 0, auto, count=True)
     with Trainer(new, overwrite=overwrite, verbose=False, start_from=(converted.state_dict(), phase)) as trainer:
         trainer.commit_start()
         return trainer.config, report, phase

@@ -120,11 +120,18 @@ def breaks_even(conv: nn.Conv2d, rank: int) -> bool:
 
 
 def switch(
-    model: nn.Module, method: str, options: Mapping[str, Any], phase: LowRankPhase, epoch: int, auto: bool
+    model: nn.Module,
+    method: str,
+    options: Mapping[str, Any],
+    phase: LowRankPhase,
+    epoch: int,
+    auto: bool,
+    count: bool = False,
 ) -> tuple[nn.Module, ConversionReport | None]:
     """Convert the trained dense ``model`` (``init="fit"``), recording the switch in ``phase``; with ``auto`` each
     tracked layer gets its scaled stable rank now, and layers where that rank saves no MACs stay dense (all of them:
-    the model is returned as it is, with no report)."""
+    the model is returned as it is, with no report). ``count``: MACs in the report (a profile pass before and after,
+    at the model's declared input)."""
     if auto:
         ranks = measure_ranks(model, phase)
         phase.dense_layers = [name for name, r in ranks.items() if not breaks_even(model.get_submodule(name), r)]
@@ -132,7 +139,7 @@ def switch(
     phase.switch_epoch = epoch
     if phase.stays_dense:
         return model, None
-    return convert(model, method, init="fit", count=False, **phase.convert_options(options))
+    return convert(model, method, init="fit", count=count, **phase.convert_options(options))
 
 
 def start_auto(model: nn.Module, method: str, options: Mapping[str, Any]) -> LowRankPhase:

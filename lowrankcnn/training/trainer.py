@@ -221,15 +221,16 @@ class Trainer(DivergencePolicy):
         if switched is None:
             return
         model, report = switched
+        after = f"after {self.epoch} dense epoch{'' if self.epoch == 1 else 's'}"
         if report is None:
-            message = f"after {self.epoch} dense epochs: no layer's rank would cut its MACs; the model stays dense"
+            message = f"{after}: no layer's rank would cut its MACs; the model stays dense"
         else:
             self._place(model)
             self.optimizer = self._make_optimizer()
             self.schedule.rebind(self.optimizer)
             ranks = ", ".join(f"{n} {r}" for n, r in self.phase.ranks.items())
             message = (
-                f"after {self.epoch} dense epochs: converted to {c.lowrank} ({len(report.converted)} convs, params "
+                f"{after}: converted to {c.lowrank} ({len(report.converted)} convs, params "
                 f"{report.params_before:,} -> {report.params_after:,})" + (f"; ranks: {ranks}" if ranks else "")
             )
         if self.verbose and self.dist.is_main:
