@@ -15,8 +15,8 @@ modules computing the same function:
   a ``ConfigError`` names any layer that has no exact dense form).
 * ``target="auto"`` (the default): per layer, whichever of the two is faster on this machine, timed
   interleaved on the layer's real input shape, in rounds of ``repeats`` until the faster form wins beyond the
-  noise (its upper quartile below the other's lower quartile), at most ``AUTO_ROUNDS`` rounds; a layer still
-  undecided keeps the factorized form (the rule: fewer MACs, unless measured slower). The decision, the
+  noise (its upper quartile below the other's lower quartile), at most ``lowrankcnn.timing.AUTO_ROUNDS`` rounds;
+  a layer still undecided keeps the factorized form (the rule: fewer MACs, unless measured slower). The decision, the
   timings and any note are recorded on the chosen module (``deploy_form``, ``deploy_ms``, ``deploy_note``).
   With ``channels_last=None`` (the default) ``auto`` also deploys the model in both memory formats and keeps
   the one whose whole forward is faster (the same beyond-noise rule; undecided: NCHW).
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -56,10 +55,8 @@ from .timing import (
     MEMORY_FORMATS,
     TORCH_FORMATS,
     MemoryFormat,
-    Timing,
+    fastest,
     inference_fn,
-    interleaved,
-    separated,
 )
 from .utils import model_device, resolve_device
 from .utils.probe import probe, zeros_for
@@ -130,34 +127,14 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dict[nn.Modu
     return dict(calls), shapes
 
 
-AUTO_ROUNDS = 3
-"""Most rounds of ``repeats`` timed calls ``auto`` spends on one decision before falling back to its rule."""
-
-
-def _decide(
-    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, fallback: str
-) -> tuple[str, dict[str, float], str]:
-    """``(winner, median ms per candidate, note)``: rounds of interleaved timing, pooled, until the fastest is
-    faster than every other beyond the noise (:func:`~lowrankcnn.timing.separated`); else ``fallback``."""
-    pooled: dict[str, list[float]] = {k: [] for k in fns}
-    for round_ in range(AUTO_ROUNDS):
-        for k, t in interleaved(fns, repeats=repeats, warmup=2 if round_ == 0 else 0, device=device).items():
-            pooled[k] += t.samples
-        timings = {k: Timing(v) for k, v in pooled.items()}
-        best = min(timings, key=lambda k: timings[k].median)
-        ms = {k: t.median * 1e3 for k, t in timings.items()}
-        if all(separated(timings[best], t) for k, t in timings.items() if k != best):
-            return best, ms, ""
-    return fallback, ms, f"within timing noise after {AUTO_ROUNDS * repeats} runs each: kept {fallback} (the rule)"
-
-
 def _time_forms(
     forms: dict[str, nn.Module], shape: torch.Size, fmt: MemoryFormat, repeats: int, device: torch.device
 ) -> tuple[str, dict[str, float], str]:
-    """The faster of a layer's forms on a random input of ``shape`` (see :func:`_decide`; fallback factorized)."""
+    """The faster of a layer's forms on a random input of ``shape`` (:func:`~lowrankcnn.timing.fastest`, fallback
+    factorized)."""
     x = torch.randn(shape, device=device).contiguous(memory_format=TORCH_FORMATS[fmt])
     ready = {k: m.to(device=device, memory_format=TORCH_FORMATS[fmt]) for k, m in forms.items()}
-    return _decide({k: inference_fn(m, x) for k, m in ready.items()}, repeats, device, "factorized")
+    return fastest({k: inference_fn(m, x) for k, m in ready.items()}, repeats, device, "factorized")
 
 
 def _guess_input_shape(model: nn.Module) -> tuple[tuple[int, int, int, int] | None, str]:
@@ -377,7 +354,7 @@ def deploy(
     if len(formats) > 1 and built[fmt][1].calls is not None:
         x = zeros_for(base, shape)
         fns = {f: inference_fn(m, x.contiguous(memory_format=TORCH_FORMATS[f])) for f, (m, _) in built.items()}
-        fmt, format_ms, note = _decide(fns, repeats, dev, "contiguous")
+        fmt, format_ms, note = fastest(fns, repeats, dev, "contiguous")
         notes += [f"memory format {note}"] if note else []
     deployed = built[fmt][0]
     deployed.deploy_decision = DeployDecision(target, shape, source, fmt, format_ms, str(dev), tuple(notes))

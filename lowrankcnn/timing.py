@@ -63,6 +63,28 @@ def separated(faster: Timing, slower: Timing) -> bool:
     return faster.quartiles[1] < slower.quartiles[0]
 
 
+AUTO_ROUNDS = 3
+"""Most rounds :func:`fastest` times before it falls back to its rule."""
+
+
+def fastest(
+    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, fallback: str
+) -> tuple[str, dict[str, float], str]:
+    """``(winner, median ms per candidate, note)``: rounds of interleaved timing, pooled, until the fastest is
+    faster than every other beyond the noise (:func:`separated`), at most :data:`AUTO_ROUNDS`; else ``fallback``
+    (and a note saying so)."""
+    pooled: dict[str, list[float]] = {k: [] for k in fns}
+    for round_ in range(AUTO_ROUNDS):
+        for k, t in interleaved(fns, repeats=repeats, warmup=2 if round_ == 0 else 0, device=device).items():
+            pooled[k] += t.samples
+        timings = {k: Timing(v) for k, v in pooled.items()}
+        best = min(timings, key=lambda k: timings[k].median)
+        ms = {k: t.median * 1e3 for k, t in timings.items()}
+        if all(separated(timings[best], t) for k, t in timings.items() if k != best):
+            return best, ms, ""
+    return fallback, ms, f"within timing noise after {AUTO_ROUNDS * repeats} runs each: kept {fallback} (the rule)"
+
+
 def load_average() -> float | None:
     """The 1-minute load average (``None`` where the OS has none)."""
     try:

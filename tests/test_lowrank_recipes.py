@@ -9,14 +9,15 @@ from conftest import requires_fashion_mnist
 from torch import nn
 
 from lowrankcnn.cli import main
-from lowrankcnn.errors import ConfigError
+from lowrankcnn.errors import CheckpointError, ConfigError
 from lowrankcnn.layers import ChannelRankConv2d, LowRankConv2d, SeparableConv2d
 from lowrankcnn.layers.init import spectral_init_
-from lowrankcnn.training import TrainConfig, Trainer, load_checkpoint, load_trained_model
+from lowrankcnn.training import TrainConfig, Trainer, layer_timing, load_checkpoint, load_trained_model, lowrank_phase
 from lowrankcnn.training.auto_rank import mean_slope, scaled_rank, settled, stable_rank
 from lowrankcnn.training.decompose import decompose_run
 from lowrankcnn.training.frobenius import decay_groups, frobenius_penalty
-from lowrankcnn.training.lowrank_phase import PHASE_KEY, breaks_even, start_auto, switch
+from lowrankcnn.training.layer_timing import input_shapes
+from lowrankcnn.training.lowrank_phase import PHASE_KEY, LowRankPhase, breaks_even, start_auto, switch
 
 TIMING = {"train_images_per_s", "epoch_time_s"}
 
@@ -248,3 +249,61 @@ def test_decompose_then_fine_tune(tmp_path, capsys):
         == 2
     )
     assert "needs $method svd".replace("$method", "--method") in capsys.readouterr().err
+
+
+def test_layer_input_shapes_are_what_each_layer_sees():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Conv2d(4, 8, 3))
+    shapes = input_shapes(model, ["0", "2"], torch.randn(5, 1, 28, 28))
+    assert shapes == {"0": torch.Size([5, 1, 28, 28]), "2": torch.Size([5, 4, 13, 13])}
+
+
+@requires_fashion_mnist
+def test_dense_if_faster_keeps_the_layers_timing_chose_and_rebuilds_them(tmp_path, monkeypatch):
+    timed = []
+
+    def decide(fns, repeats, device, fallback):  # stand-in for the timing: layer3 "trains faster dense"
+        name = timed_names.pop(0)
+        timed.append(name)
+        return ("dense" if name.startswith("layer3") else "low-rank"), {"dense": 1.0, "low-rank": 2.0}, ""
+
+    original = layer_timing.dense_is_faster
+
+    def spy(dense, converted, names, example, repeats=layer_timing.REPEATS):
+        timed_names.extend(names)
+        assert example.shape[1:] == (1, 28, 28) and example.shape[0] == 64  # a batch of the data's shape
+        return original(dense, converted, names, example, repeats)
+
+    timed_names: list[str] = []
+    monkeypatch.setattr(layer_timing, "fastest", decide)
+    monkeypatch.setattr(lowrank_phase, "dense_is_faster", spy)
+    config = tiny_config(tmp_path / "run", lowrank="svd", warmup_dense=1, epochs=2, dense_if_faster=True)
+    trainer = Trainer(config, progress=False, verbose=False)
+    trainer.fit()
+    layer3 = [n for n in timed if n.startswith("layer3")]
+    assert layer3 and len(timed) > len(layer3)
+    phase = load_checkpoint(tmp_path / "run" / "last.pt")[PHASE_KEY]
+    assert sorted(phase["timed_dense"]) == sorted(layer3) and set(layer3) <= set(phase["dense_layers"])
+    assert set(phase["low_rank_layers"]) == set(timed) - set(layer3)
+    model, _, _ = load_trained_model(tmp_path / "run" / "last.pt")
+    for name in timed:
+        assert isinstance(model.get_submodule(name), ChannelRankConv2d) == (name not in layer3), name
+    with pytest.raises(ConfigError, match="warmup_dense"):
+        tiny_config(tmp_path / "x", lowrank="svd", dense_if_faster=True).validate()
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("not a dict", "is not a dict"),
+        ({"ranks": {"a": 0}}, "not a positive integer"),
+        ({"ranks": {"a": "3"}}, "not a positive integer"),
+        ({"history": [{"a": 2.5}]}, "not a positive integer"),
+        ({"dense_layers": [3]}, "field 'dense_layers' is \\[3\\]"),
+        ({"switch_epoch": -1}, "switch_epoch is -1"),
+        ({"oops": 1}, "unknown field 'oops'"),
+    ],
+)
+def test_a_malformed_phase_in_a_checkpoint_is_one_error(entry, message):
+    with pytest.raises(CheckpointError, match=message):
+        LowRankPhase.from_state({PHASE_KEY: entry}, "run/last.pt")
+    assert LowRankPhase.from_state({}, "run/last.pt") is None

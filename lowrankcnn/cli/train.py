@@ -81,6 +81,7 @@ CONFIG_FLAGS = (
     "keep_dense",
     "lowrank_kwargs",
     "warmup_dense",
+    "dense_if_faster",
     "init",
     "frobenius_decay",
 )
@@ -235,6 +236,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="E",
         help="with --lowrank: train the dense model E epochs, then convert it by fitting its trained weights and go "
         "on low-rank (Pufferfish; with --rank auto, E is the longest warm-up)",
+    )
+    p.add_argument(
+        "--dense-if-faster",
+        action="store_true",
+        default=None,
+        help="with --warmup-dense: at the switch, time each converted layer's training step against its dense conv "
+        "and keep the dense conv where it is at least as fast (Cuttlefish's profiling)",
     )
     p.add_argument(
         "--init",

@@ -43,7 +43,8 @@ class TrainConfig:
     and leaving the convs matching a ``keep_dense`` pattern dense; ``lowrank_kwargs`` are the method's own layer
     options (e.g. ``{"scheme": "projected"}`` for ``rank1``). ``warmup_dense = E`` trains the dense model
     ``E`` epochs first and then converts it by fitting (``rank="auto"``: Cuttlefish's per-layer rank, switching when
-    the ranks settle, after ``E`` epochs at the latest; see :mod:`.lowrank_phase`). ``init="spectral"`` starts every
+    the ranks settle, after ``E`` epochs at the latest; ``dense_if_faster``: a layer whose low-rank form does not
+    train faster than its dense conv stays dense; see :mod:`.lowrank_phase`). ``init="spectral"`` starts every
     low-rank layer from the SVD of a He-initialized dense weight; ``frobenius_decay = λ`` adds ``λ/2 ||W||_F²`` of
     every low-rank layer's product ``W`` to the loss and exempts its factors from ``weight_decay``.
     ``dist_timeout`` (seconds) bounds how long a data-parallel rank waits for
@@ -86,6 +87,7 @@ class TrainConfig:
     keep_dense: list[str] = field(default_factory=list)
     lowrank_kwargs: dict[str, Any] = field(default_factory=dict)
     warmup_dense: int = 0
+    dense_if_faster: bool = False
     init: LowRankInit = "composite"
     frobenius_decay: float = 0.0
 
@@ -165,6 +167,11 @@ class TrainConfig:
                     "warm-up; the switch comes earlier once the ranks settle)",
                     param="rank",
                 )
+        if self.dense_if_faster and self.warmup_dense < 1:
+            raise ConfigError(
+                "$dense_if_faster times each layer at the dense -> low-rank switch: give $warmup_dense E >= 1",
+                param="dense_if_faster",
+            )
         if self.init == "spectral" and self.warmup_dense > 0:
             raise ConfigError(
                 "$init spectral initializes low-rank layers from scratch; with $warmup_dense they are fitted to the "

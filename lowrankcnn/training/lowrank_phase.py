@@ -18,6 +18,7 @@ learning-rate schedule continues where it was (same global step).
 from __future__ import annotations
 
 import copy
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,7 +28,9 @@ from torch import nn
 
 from ..convert import ConversionReport, convert
 from ..errors import CheckpointError
+from ..utils.annotations import fits
 from . import auto_rank
+from .layer_timing import dense_is_faster
 
 PHASE_KEY = "lowrank_phase"
 """The checkpoint entry holding a run's :class:`LowRankPhase` (absent in runs built low-rank or dense)."""
@@ -45,6 +48,9 @@ class LowRankPhase:
         history: the scaled stable ranks measured before each warm-up epoch, ``[{layer: rank}, ...]``.
         settled: the layers whose rank has settled.
         source: the dense checkpoint a decomposed run started from (``lowrankcnn decompose``).
+        low_rank_layers: the convs converted at the switch.
+        timed_dense: layers kept dense because they trained at least as fast dense (``dense_if_faster``), with the
+            median milliseconds of a training step of each form.
     """
 
     switch_epoch: int | None = None
@@ -54,6 +60,8 @@ class LowRankPhase:
     history: list[dict[str, int]] = field(default_factory=list)
     settled: list[str] = field(default_factory=list)
     source: str | None = None
+    low_rank_layers: list[str] = field(default_factory=list)
+    timed_dense: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def switched(self) -> bool:
@@ -61,8 +69,9 @@ class LowRankPhase:
 
     @property
     def stays_dense(self) -> bool:
-        """Switched with automatic ranks, none of which cut a layer's MACs: the model went on dense."""
-        return self.switched and bool(self.dense_layers) and not self.ranks
+        """Switched, but no layer was worth converting (automatic ranks that cut no MACs, or dense layers at least as
+        fast): the model went on dense."""
+        return self.switched and not self.low_rank_layers
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,15 +82,22 @@ class LowRankPhase:
         saved = state.get(PHASE_KEY)
         if saved is None:
             return None
-        try:
+        hints = typing.get_type_hints(cls)
+        bad = (
+            "is not a dict"
+            if not isinstance(saved, dict)
+            else next((f"has an unknown field {k!r}" for k in saved if k not in hints), None)
+            or next((f"field {k!r} is {v!r}" for k, v in saved.items() if not fits(v, hints[k])), None)
+        )
+        if bad is None:
             phase = cls(**saved)
-            ok = (phase.switch_epoch is None or isinstance(phase.switch_epoch, int)) and all(
-                isinstance(k, str) and isinstance(v, int) and v >= 1 for k, v in phase.ranks.items()
-            )
-        except TypeError:
-            ok = False
-        if not ok:
-            raise CheckpointError(f"{path}: its {PHASE_KEY!r} entry is malformed; use another checkpoint")
+            nested = [phase.ranks, *phase.history, phase.init_ranks]
+            if not all(isinstance(k, str) and fits(v, int) and v >= 1 for d in nested for k, v in d.items()):
+                bad = "has a rank that is not a positive integer"
+            elif phase.switch_epoch is not None and phase.switch_epoch < 0:
+                bad = f"switch_epoch is {phase.switch_epoch}"
+        if bad is not None:
+            raise CheckpointError(f"{path}: its {PHASE_KEY!r} entry {bad}; use another checkpoint")
         return phase
 
     def convert_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -127,19 +143,35 @@ def switch(
     epoch: int,
     auto: bool,
     count: bool = False,
+    example: torch.Tensor | None = None,
 ) -> tuple[nn.Module, ConversionReport | None]:
     """Convert the trained dense ``model`` (``init="fit"``), recording the switch in ``phase``; with ``auto`` each
-    tracked layer gets its scaled stable rank now, and layers where that rank saves no MACs stay dense (all of them:
-    the model is returned as it is, with no report). ``count``: MACs in the report (a profile pass before and after,
-    at the model's declared input)."""
+    tracked layer gets its scaled stable rank now, and layers where that rank saves no MACs stay dense. With an
+    ``example`` batch, a converted layer that does not train faster than its dense conv stays dense too
+    (:mod:`.layer_timing`). When no layer is left to convert, the model is returned as it is, with no report.
+    ``count``: MACs in the report (a profile pass before and after, at the model's declared input)."""
     if auto:
         ranks = measure_ranks(model, phase)
         phase.dense_layers = [name for name, r in ranks.items() if not breaks_even(model.get_submodule(name), r)]
         phase.ranks = {name: r for name, r in ranks.items() if name not in phase.dense_layers}
     phase.switch_epoch = epoch
-    if phase.stays_dense:
-        return model, None
-    return convert(model, method, init="fit", count=count, **phase.convert_options(options))
+    converted, report = model, None
+    if not (auto and not phase.ranks):
+        converted, report = convert(model, method, init="fit", count=count, **phase.convert_options(options))
+        if example is not None:
+            names = [layer.name for layer in report.converted]
+            phase.timed_dense = dense_is_faster(model, converted, names, example)
+            if phase.timed_dense:
+                phase.dense_layers += list(phase.timed_dense)
+                phase.ranks = {n: r for n, r in phase.ranks.items() if n not in phase.timed_dense}
+                if len(phase.timed_dense) == len(names):
+                    converted, report = model, None
+                else:
+                    converted, report = convert(
+                        model, method, init="fit", count=count, **phase.convert_options(options)
+                    )
+    phase.low_rank_layers = [] if report is None else [layer.name for layer in report.converted]
+    return converted, report
 
 
 def start_auto(model: nn.Module, method: str, options: Mapping[str, Any]) -> LowRankPhase:
@@ -169,7 +201,14 @@ def fresh_phase(model: nn.Module, method: str | None, options: Mapping[str, Any]
 
 
 def before_epoch(
-    phase: LowRankPhase, model: nn.Module, method: str, options: Mapping[str, Any], epoch: int, warmup: int, auto: bool
+    phase: LowRankPhase,
+    model: nn.Module,
+    method: str,
+    options: Mapping[str, Any],
+    epoch: int,
+    warmup: int,
+    auto: bool,
+    example: torch.Tensor | None = None,
 ) -> tuple[nn.Module, ConversionReport | None] | None:
     """Before epoch ``epoch + 1`` of a dense phase: measure the ranks (``auto``; idempotent for one ``epoch``, so a
     resumed run measures the same) and switch if it is time; returns the converted model and its report, or ``None``
@@ -181,4 +220,21 @@ def before_epoch(
         phase.history.append(measure_ranks(model, phase))
     if not ready_to_switch(phase, epoch, warmup, auto):
         return None
-    return switch(model, method, options, phase, epoch, auto)
+    return switch(model, method, options, phase, epoch, auto, example=example)
+
+
+def switch_message(phase: LowRankPhase, report: ConversionReport | None, method: str) -> str:
+    """The line a run prints at its switch."""
+    epochs = phase.switch_epoch or 0
+    after = f"after {epochs} dense epoch{'' if epochs == 1 else 's'}"
+    if report is None:
+        message = f"{after}: no layer is worth converting (no MAC or time saved); the model stays dense"
+    else:
+        ranks = ", ".join(f"{n} {r}" for n, r in phase.ranks.items())
+        message = (
+            f"{after}: converted to {method} ({len(report.converted)} convs, params "
+            f"{report.params_before:,} -> {report.params_after:,})" + (f"; ranks: {ranks}" if ranks else "")
+        )
+    if phase.timed_dense:
+        message += f"; kept dense (trains at least as fast): {', '.join(phase.timed_dense)}"
+    return message

@@ -37,7 +37,7 @@ from .checkpoint import build_model, check_trusted, data_info, load_checkpoint, 
 from .config import TrainConfig, resumed_config
 from .divergence import DivergencePolicy
 from .frobenius import decay_groups, frobenius_penalty
-from .lowrank_phase import PHASE_KEY, LowRankPhase, before_epoch, fresh_phase
+from .lowrank_phase import PHASE_KEY, LowRankPhase, before_epoch, fresh_phase, switch_message
 from .run_directory import RunDirectory, last_checkpoint, saved_config
 from .schedule import LRSchedule
 
@@ -215,24 +215,22 @@ class Trainer(DivergencePolicy):
         c = self.config
         if self.phase is None:
             return
+        example = None
+        if c.dense_if_faster:  # a batch of the data's shape, for timing each layer's training step
+            size = (c.batch_size, self.info["in_chans"], self.info["input_size"], self.info["input_size"])
+            example = torch.randn(size, device=self.device)
+        auto = c.rank == "auto"
         switched = before_epoch(
-            self.phase, self.model, c.lowrank, c.lowrank_options(), self.epoch, c.warmup_dense, c.rank == "auto"
+            self.phase, self.model, c.lowrank, c.lowrank_options(), self.epoch, c.warmup_dense, auto, example
         )
         if switched is None:
             return
         model, report = switched
-        after = f"after {self.epoch} dense epoch{'' if self.epoch == 1 else 's'}"
-        if report is None:
-            message = f"{after}: no layer's rank would cut its MACs; the model stays dense"
-        else:
+        if report is not None:
             self._place(model)
             self.optimizer = self._make_optimizer()
             self.schedule.rebind(self.optimizer)
-            ranks = ", ".join(f"{n} {r}" for n, r in self.phase.ranks.items())
-            message = (
-                f"{after}: converted to {c.lowrank} ({len(report.converted)} convs, params "
-                f"{report.params_before:,} -> {report.params_after:,})" + (f"; ranks: {ranks}" if ranks else "")
-            )
+        message = switch_message(self.phase, report, c.lowrank)
         if self.verbose and self.dist.is_main:
             tqdm.write(message, file=sys.stdout)
 
