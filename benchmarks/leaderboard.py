@@ -31,8 +31,6 @@ POST_TRAIN_DENSE_EPOCHS = 7
 FINE_TUNE_LR = 0.01
 PUFFERFISH_KEEP = ["layer1.0.*"]
 """Pufferfish keeps the stem and the first residual block dense (its CIFAR ResNet-18 code)."""
-CUTTLEFISH_KEEP = ["layer1.*"]
-"""Cuttlefish keeps the stem and the whole first stage dense (its CIFAR ResNet-18 code hard-codes it)."""
 RUNS = Path("runs/leaderboard")
 RESULTS = Path("results/leaderboard")
 
@@ -85,12 +83,12 @@ ENTRIES = (
     ),
     Entry(
         "cuttlefish",
-        "Cuttlefish: auto rank + FD",
+        "Cuttlefish: auto rank, timed dense layers, FD",
         {
             "lowrank": "svd",
             "rank": "auto",
             "warmup_dense": 5,
-            "keep_dense": CUTTLEFISH_KEEP,
+            "dense_if_faster": True,
             "frobenius_decay": WEIGHT_DECAY,
         },
         headline=True,
