@@ -15,6 +15,13 @@
 
 Metadata (:meth:`Preprocessing.metadata`, read back by :func:`read_export_metadata`) is string keys and
 values, in ONNX ``metadata_props`` or the TorchScript ``_extra_files`` entry ``lowrankcnn.json``.
+
+:func:`deploy_for_export` picks the deployed form first, measured in the runtime the file will run in: for ONNX,
+``target="auto"`` times the whole model factorized and dense in onnxruntime (:func:`lowrankcnn.measure.measure`,
+batch 1 at the export's input size) and keeps the faster; for TorchScript it is :func:`lowrankcnn.deploy`'s own
+``auto`` (per layer, and the memory format unless one is given), timed in PyTorch. Its
+:meth:`ExportForm.metadata` (``deploy_form``, ``deploy_choice``; TorchScript also ``memory_format``) goes into
+the file's metadata.
 """
 
 from __future__ import annotations
@@ -33,10 +40,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .deployment import TARGETS, Target, deploy, deploy_decision, deploy_report
 from .errors import ConfigError, ExportError, MissingDependencyError
+from .measure import Progress, has_low_rank, measure
 from .preprocessing import Normalize, Preprocessing
 from .profiling import check_fits_memory
-from .utils import atomic_write_bytes
+from .timing import separated
+from .utils import atomic_write_bytes, model_device
 from .utils.io import check_output_file, same_file
 
 ExportFormat = Literal["onnx", "torchscript"]
@@ -210,6 +220,123 @@ def check_export_options(fmt: str, channels_last: bool = False, rtol: float = 1e
 
 
 @torch.no_grad()
+def finite_outputs(model: nn.Module, inputs: torch.Tensor, out: str | Path | None = None) -> torch.Tensor:
+    """``model(inputs)``; an :class:`~lowrankcnn.errors.ExportError` if any output is NaN or inf (nothing of
+    ``out`` was written)."""
+    outputs = model(inputs)
+    if not bool(outputs.isfinite().all()):
+        raise ExportError(
+            "export: the model's own outputs are not finite (NaN or inf) on random inputs; its weights are "
+            f"probably corrupt (a diverged run?); nothing was written{f' to {out}' if out is not None else ''}"
+        )
+    return outputs
+
+
+@dataclass(frozen=True)
+class ExportForm:
+    """The deployed model an export writes, and how its form was chosen (:func:`deploy_for_export`)."""
+
+    model: nn.Module
+    """Eval-mode, deployed, on the CPU."""
+    fmt: ExportFormat
+    form: str
+    """``"factorized"``, ``"dense"`` (also: a model without low-rank layers) or ``"mixed"`` (per layer)."""
+    channels_last: bool
+    choice: str
+    """How the form was chosen, one line, with the measured medians when it was timed."""
+
+    def metadata(self) -> dict[str, str]:
+        """``deploy_form``, ``deploy_choice`` and (TorchScript) ``memory_format``, for the file's metadata."""
+        meta = {"deploy_form": self.form, "deploy_choice": self.choice}
+        if self.fmt == "torchscript":
+            meta["memory_format"] = "channels_last" if self.channels_last else "contiguous"
+        return meta
+
+
+def _fastest_in_onnxruntime(model: nn.Module, shape: tuple[int, ...], progress: Progress | None) -> tuple[str, str]:
+    """``(form, choice)``: the whole ``model`` deployed factorized and dense, timed in onnxruntime sessions on a
+    batch of ``shape``; the faster kept (factorized alone when the model has no exact dense form)."""
+    result = measure({"model": model}, shape, deploy="auto", engine="onnxruntime", device="cpu", progress=progress)
+    timings = {label.removeprefix("onnxruntime "): t for label, t in result["model"].timings.items()}
+    form = result["model"].variant.removeprefix("onnxruntime ")
+    timed = " vs ".join(f"{k} {t.median * 1e3:.2f} ms" for k, t in timings.items())
+    notes = "" if "dense" in timings else " (no exact dense form)"
+    if not all(separated(timings[form], t) for k, t in timings.items() if k != form):
+        notes += " (within timing noise)"
+    return form, f"onnxruntime {timed} per batch of {shape[0]}{notes} -> {form}"
+
+
+def _torch_choice(deployed: nn.Module) -> tuple[str, str, bool]:
+    """``(form, choice, channels_last)`` of what :func:`lowrankcnn.deploy`'s ``auto`` decided for ``deployed``."""
+    forms = [c.form for c in deploy_report(deployed) if c.form != "unfolded"]
+    kinds = sorted(set(forms))
+    form = "mixed" if len(kinds) > 1 else kinds[0] if kinds else "dense"
+    counts = ", ".join(f"{forms.count(k)} {k}" for k in kinds) or "no low-rank layers"
+    decision = deploy_decision(deployed)
+    assert decision is not None  # deploy records one on every model it returns
+    timed = " vs ".join(f"{k} {ms:.2f} ms" for k, ms in decision.format_ms.items())
+    batch = f" per batch of {decision.input_shape[0]}" if decision.input_shape else ""
+    memory = f"{decision.memory_format} ({timed}{batch})" if timed else f"{decision.memory_format} (given)"
+    notes = "".join(f"; {n}" for n in decision.notes)
+    choice = f"PyTorch per layer at {decision.input_shape}: {counts}; memory format {memory}{notes}"
+    return form, choice, decision.memory_format == "channels_last"
+
+
+def deploy_for_export(
+    model: nn.Module,
+    fmt: ExportFormat,
+    input_shape: tuple[int, int, int, int],
+    target: Target = "auto",
+    *,
+    channels_last: bool | None = None,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+) -> ExportForm:
+    """``model`` deployed (:func:`lowrankcnn.deploy`) in the form to export as ``fmt``: with ``target="auto"`` the
+    fastest form measured in the runtime the file will run in.
+
+    ONNX, ``auto``: the whole model deployed ``factorized`` and ``dense``, timed in onnxruntime sessions on a batch
+    of ``input_shape`` (:func:`lowrankcnn.measure.measure` with ``engine="onnxruntime"``, CPU, torch's thread
+    count), the faster kept; a model with no exact dense form keeps factorized, one without low-rank layers is not
+    timed. TorchScript, ``auto``: :func:`lowrankcnn.deploy`'s own ``auto`` (each low-rank layer's faster form and,
+    with ``channels_last=None``, the faster memory format, timed in PyTorch on ``device``). ``factorized`` and
+    ``dense`` force the form, untimed. The deployed model is returned on the CPU, where the export checks it.
+
+    Args:
+        input_shape: ``(N, C, H, W)`` traced and timed with; ``lowrankcnn export`` passes batch 1 at the export's
+            input size (single-image latency).
+        channels_last: TorchScript only (``True`` is refused for ONNX); ``None``: measured under ``auto``, else NCHW.
+        progress: receives a line per phase of the onnxruntime timing.
+
+    Raises:
+        ConfigError: a bad option, or ``dense`` for a model with no exact dense form. ShapeError: the model refuses
+            ``input_shape``. ExportError: (ONNX ``auto``, before timing) its outputs are not finite.
+            MissingDependencyError: ONNX ``auto`` without onnxruntime or onnxscript.
+    """
+    check_export_options(fmt, bool(channels_last))
+    if target not in TARGETS:
+        raise ConfigError(f"export: $target must be one of {', '.join(TARGETS)}, got {target!r}", param="target")
+    shape = tuple(input_shape)
+    form, choice = target, "given, not timed"
+    if fmt == "torchscript":
+        deployed = deploy(model, target, channels_last=channels_last, input_shape=shape, device=device)
+        last = bool(channels_last)
+        if target == "auto":
+            form, choice, last = _torch_choice(deployed)
+        return ExportForm(deployed.cpu(), fmt, form, last, choice)
+    deployed = None
+    if target == "auto" and has_low_rank(model):
+        deployed = deploy(model, "factorized", channels_last=False, input_shape=shape, device=device)
+        finite_outputs(deployed, torch.randn(shape, device=model_device(deployed)))  # corrupt weights: not timed
+        form, choice = _fastest_in_onnxruntime(model, shape, progress)
+    elif target == "auto":  # dense and factorized are the same model here
+        form, choice = "dense", "no low-rank layers: nothing to choose, not timed"
+    if deployed is None or form != "factorized":
+        deployed = deploy(model, form, channels_last=False, input_shape=shape, device=device)
+    return ExportForm(deployed.cpu(), fmt, form, False, choice)
+
+
+@torch.no_grad()
 def export_checked(
     model: nn.Module,
     out: str | Path,
@@ -220,6 +347,7 @@ def export_checked(
     channels_last: bool = False,
     rtol: float = 1e-3,
     model_name: str = "",
+    extra_metadata: Mapping[str, str] | None = None,
 ) -> ExportReport:
     """Export the eval-mode (deployed) ``model``, check the file against PyTorch, then write it to ``out``.
 
@@ -234,6 +362,7 @@ def export_checked(
         channels_last: TorchScript only; ``model`` must already be channels-last (``deploy(..., channels_last=True)``).
         rtol: allowed max |difference| relative to ``max(1, max |output|)``.
         model_name: recorded in the metadata.
+        extra_metadata: more string entries for the metadata, e.g. :meth:`ExportForm.metadata`.
 
     Raises:
         ConfigError: a bad argument. ExportError: the file does not reproduce PyTorch (or the model's own
@@ -250,13 +379,8 @@ def export_checked(
     if channels_last:
         example, check = (t.contiguous(memory_format=torch.channels_last) for t in (example, check))
     check_fits_memory(model, shape[-1], CHECK_BATCH, f"export at {shape[-1]}x{shape[-1]}", ("input_size",))
-    metadata = preprocessing.metadata(include_preprocessing, model_name)
-    expected = model(check)
-    if not bool(expected.isfinite().all()):
-        raise ExportError(
-            "export: the model's own outputs are not finite (NaN or inf) on random inputs; its weights are "
-            f"probably corrupt (a diverged run?); nothing was written to {out}"
-        )
+    metadata = {**preprocessing.metadata(include_preprocessing, model_name), **(extra_metadata or {})}
+    expected = finite_outputs(model, check, out)
     data = serialize(model, example, fmt, metadata)
     diff = (onnx_max_abs_diff if fmt == "onnx" else torchscript_max_abs_diff)(data, check, expected)
     scale = float(expected.abs().max())

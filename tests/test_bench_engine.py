@@ -4,13 +4,11 @@ interleaved, with the same report; the faster whole-model form is kept under ``a
 import json
 
 import pytest
-import torch
+from model_helpers import no_dense_form_model
 
-from lowrankcnn import create_model
 from lowrankcnn.bench import BenchSettings, bench
 from lowrankcnn.cli import main
 from lowrankcnn.errors import ConfigError
-from lowrankcnn.layers import SeparableConv2d
 from lowrankcnn.measure import measure
 from lowrankcnn.models import ModelSpec
 
@@ -30,11 +28,7 @@ def test_onnxruntime_bench_times_both_forms_of_the_low_rank_model():
 
 
 def test_onnxruntime_auto_skips_a_form_the_model_cannot_take():
-    model = create_model("vgg11_gmp_sf", 10, 1, 0.125).eval()
-    with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, SeparableConv2d):
-                layer.conv_1xk.bias.fill_(0.1)  # a bias between the two convs: no exact dense form
+    model = no_dense_form_model()
     out = measure({"sf": model}, (2, 1, 28, 28), engine="onnxruntime", repeats=1, warmup=0)
     assert set(out["sf"].timings) == {"onnxruntime factorized"}
 

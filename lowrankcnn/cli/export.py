@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import argparse
 
-from ..deployment import TARGETS, deploy
+from ..deployment import TARGETS
 from ..export import (
     CHECK_BATCH,
     FORMATS,
     Preprocessing,
     check_export_options,
     check_export_target,
+    deploy_for_export,
     export_checked,
 )
 from ..profiling import check_fits_memory
 from ..training import load_trained_model
 from ..training.checkpoint import checkpoint_path
 from ..utils import resolve_device
-from .common import add_command, device_parent, positive_int, set_threads, threads_parent, trust_parent
+from .common import (
+    add_command,
+    device_parent,
+    positive_int,
+    progress_printer,
+    set_threads,
+    threads_parent,
+    trust_parent,
+)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     out = check_export_target(args.out, checkpoint_path(args.checkpoint))  # before any work
-    check_export_options(args.format, args.channels_last)
+    check_export_options(args.format, bool(args.channels_last))
     device = resolve_device(args.device)
     set_threads(args.threads)
     model, config, state = load_trained_model(args.checkpoint, trust_factory=args.trust_factory)
@@ -30,20 +39,31 @@ def cmd_export(args: argparse.Namespace) -> None:
     size = prep.input_size
     check_fits_memory(model, size, CHECK_BATCH, f"export at {size}x{size}", ("input_size",), in_chans=prep.in_chans)
     shape = (1, prep.in_chans, prep.input_size, prep.input_size)
-    deployed = deploy(model, args.deploy, channels_last=args.channels_last, input_shape=shape, device=device)
-    deployed = deployed.cpu()  # chosen on --device; written and checked against PyTorch on the CPU
+    chosen = deploy_for_export(  # deployed (and timed) on --device, returned on the CPU where it is checked
+        model,
+        args.format,
+        shape,
+        args.deploy,
+        channels_last=args.channels_last,
+        device=device,
+        progress=progress_printer(None),
+    )
+    if args.deploy == "auto":
+        print(f"deploy auto: {chosen.choice}")
     report = export_checked(
-        deployed,
+        chosen.model,
         out,
         args.format,
         prep,
         include_preprocessing=args.include_preprocessing,
-        channels_last=args.channels_last,
+        channels_last=chosen.channels_last,
         model_name=config.model,
+        extra_metadata=chosen.metadata(),
     )
     c, s, _ = report.input_shape
+    layout = ", channels-last" if chosen.channels_last else ""
     print(
-        f"{config.model_label} (epoch {state['epoch']}, deploy {args.deploy}) exported to {report.path} as "
+        f"{config.model_label} (epoch {state['epoch']}, deploy {chosen.form}{layout}) exported to {report.path} as "
         f"{args.format}: "
         f"input (N, {c}, {s}, {s}) float32; max |difference| vs PyTorch on random inputs {report.max_abs_diff:.2e} "
         f"(outputs up to {report.output_scale:.2f})"
@@ -71,9 +91,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="a .pt file (or run directory: its last.pt)")
     p.add_argument("--format", choices=FORMATS, required=True)
     p.add_argument("--out", required=True, help="file to write (only if the check passes; written atomically)")
-    p.add_argument("--deploy", choices=TARGETS, default="factorized", help="layer form (default factorized)")
+    p.add_argument(
+        "--deploy",
+        choices=TARGETS,
+        default="auto",
+        help="layer form: auto (default: the fastest measured where the file runs, at batch 1 and the export's "
+        "input size: ONNX, the whole model factorized or dense, whichever onnxruntime runs faster; TorchScript, "
+        "each layer's faster form and the faster memory format in PyTorch), factorized or dense (forced, untimed)",
+    )
     p.add_argument("--input-size", type=positive_int, help="square input size (default: the training size)")
-    p.add_argument("--channels-last", action="store_true", help="TorchScript only: channels-last weights")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TorchScript only: force channels-last weights, or NCHW with --no-channels-last (default: measured "
+        "under --deploy auto, else NCHW)",
+    )
     p.add_argument(
         "--include-preprocessing",
         action="store_true",
