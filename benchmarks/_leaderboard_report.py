@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ class Row:
 def _finished_runs(runs: Path, name: str) -> list[Path]:
     found = []
     for path in sorted(runs.glob(f"{name}_s*")):
+        if not re.fullmatch(rf"{re.escape(name)}_s\d+", path.name):
+            continue  # sf_s* also matches sf_si_fd_s0
         try:
             config = json.loads((path / "config.json").read_text())
         except (OSError, ValueError):
@@ -94,9 +97,11 @@ def _rows(entries: Sequence[Any], runs: Path, results: Path, threads: int | None
         model, _, _ = load_trained_model(paths[0] / "last.pt")
         counts = profile(model, SHAPE)
         histories = [read_metrics(p) for p in paths]
-        if entry.name not in cache:
+        stamp = [str(p / "last.pt") for p in (paths[0], dense_runs[0])]
+        stamp += [(p / "last.pt").stat().st_mtime_ns for p in (paths[0], dense_runs[0])]
+        if cache.get(entry.name, {}).get("checkpoints") != stamp:  # timed again when either model changed
             print(f"timing {entry.name} against dense", flush=True)
-            cache[entry.name] = _time(entry.name, model, dense_model, threads)
+            cache[entry.name] = {**_time(entry.name, model, dense_model, threads), "checkpoints": stamp}
             atomic_write_text(cache_path, json.dumps(cache, indent=2) + "\n")
         rows.append(
             Row(
@@ -182,7 +187,7 @@ def _verdicts(rows: list[Row]) -> list[str]:
             verdict = "holds" if within else "does not hold"
         else:
             verdict = "within seed noise" if within else ("holds" if diff > 0 else "does not hold")
-            verdict += "" if spreads else " (one seed: unconfirmed)"
+        verdict += "" if spreads else " (one seed: unconfirmed)"
         lines.append(f"- **{claim}**: {accs}: {verdict}.")
     return lines
 

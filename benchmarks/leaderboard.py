@@ -20,9 +20,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lowrankcnn.training import TrainConfig, Trainer
+from lowrankcnn.training import TrainConfig, Trainer, load_checkpoint
 from lowrankcnn.training.decompose import decompose_run
+from lowrankcnn.training.lowrank_phase import PHASE_KEY
 from lowrankcnn.training.reuse import train_or_reuse
+from lowrankcnn.training.run_directory import saved_config
 
 BACKBONE, EPOCHS, LR, BATCH = "resnet20", 10, 0.05, 128
 WEIGHT_DECAY = 5e-4
@@ -33,6 +35,8 @@ PUFFERFISH_KEEP = ["layer1.0.*"]
 """Pufferfish keeps the stem and the first residual block dense (its CIFAR ResNet-18 code)."""
 RUNS = Path("runs/leaderboard")
 RESULTS = Path("results/leaderboard")
+QUICK_RUNS = Path("runs/leaderboard_quick")
+"""Where a quick check (``--train-subset``/``--test-subset``) trains, apart from the real board."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,8 @@ def finished(path: Path) -> bool:
 
 
 def train_post(entry: Entry, seed: int, runs: Path, quick: dict[str, Any]) -> None:
-    """Dense for ``POST_TRAIN_DENSE_EPOCHS``, decomposed (``decompose_run``), fine-tuned for the rest."""
+    """Dense for ``POST_TRAIN_DENSE_EPOCHS``, decomposed (``decompose_run``), fine-tuned for the rest; a decomposed
+    run already there is reused only if it comes from that dense run with these settings."""
     dense = replace(
         BY_NAME["dense"].config(seed, runs, **quick),
         epochs=POST_TRAIN_DENSE_EPOCHS,
@@ -121,19 +126,25 @@ def train_post(entry: Entry, seed: int, runs: Path, quick: dict[str, Any]) -> No
     )
     train_or_reuse(dense, progress=False)
     out = run_dir(entry, seed, runs)
-    if not (out / "last.pt").is_file():
-        decompose_run(
-            dense.out, entry.settings["lowrank"], out, epochs=EPOCHS - POST_TRAIN_DENSE_EPOCHS, lr=FINE_TUNE_LR
-        )
+    method, epochs = entry.settings["lowrank"], EPOCHS - POST_TRAIN_DENSE_EPOCHS
+    if (out / "last.pt").is_file():
+        saved = saved_config(out)
+        source = load_checkpoint(out / "last.pt").get(PHASE_KEY, {}).get("source")
+        wanted = {"lowrank": method, "epochs": epochs, "lr": FINE_TUNE_LR, "seed": seed}
+        wanted.update(train_subset=quick.get("train_subset"), test_subset=quick.get("test_subset"))
+        differs = [k for k, v in wanted.items() if getattr(saved, k) != v]
+        if source != str(Path(dense.out) / "last.pt") or differs:
+            raise SystemExit(f"{out} holds another decomposed run ({differs or 'source'} differ); move it away")
+    else:
+        decompose_run(dense.out, method, out, epochs=epochs, lr=FINE_TUNE_LR)
     with Trainer.resume(out, progress=False) as trainer:
         trainer.fit()
 
 
 def train(entry: Entry, seed: int, runs: Path = RUNS, quick: dict[str, Any] | None = None) -> None:
-    if finished(run_dir(entry, seed, runs)):
-        print(f"{entry.name} seed {seed}: finished, reused", flush=True)
-        return
-    print(f"{entry.name} seed {seed}: training", flush=True)
+    """Bring one entry's run to its epochs: reused if finished with these settings, resumed if not, refused if the
+    folder holds a run made with other settings (``train_or_reuse``)."""
+    print(f"{entry.name} seed {seed}", flush=True)
     if entry.post_train:
         train_post(entry, seed, runs, quick or {})
     else:
@@ -163,12 +174,16 @@ def main() -> None:
     parser.add_argument("phase", choices=("train", "report"))
     parser.add_argument("--only", nargs="+", choices=sorted(BY_NAME), help="these entries only")
     parser.add_argument("--seeds", type=int, default=2, help="seeds of the headline entries (default 2)")
-    parser.add_argument("--runs", type=Path, default=RUNS, help="run directories (not committed)")
+    parser.add_argument(
+        "--runs", type=Path, help=f"run directories (not committed; default {RUNS}, {QUICK_RUNS} with subsets)"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="committed outputs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for timing (default: all)")
     parser.add_argument("--train-subset", type=int, help="a quick check of the script: the first N training images")
     parser.add_argument("--test-subset", type=int, help="a quick check: the first N test images")
     args = parser.parse_args()
+    quick_check = bool(args.train_subset or args.test_subset)
+    args.runs = args.runs or (QUICK_RUNS if quick_check else RUNS)
     if args.phase == "train":
         quick = {k: v for k, v in (("train_subset", args.train_subset), ("test_subset", args.test_subset)) if v}
         for entry, seed in plan(args.only, args.seeds, args.runs):

@@ -234,6 +234,12 @@ def convert(
     target = model if inplace else copy.deepcopy(model)
     report = ConversionReport(method, init, size, align=method_options.get("align", 1))
     cls, _ = LAYERS[method]
+    convs = {
+        name for name, m in target.named_modules() if isinstance(m, nn.Conv2d) and not isinstance(m, LowRankConv2d)
+    }
+    unknown = sorted(set(per_layer or {}) - convs)
+    if unknown:
+        raise ConfigError(f"convert: $per_layer names {', '.join(unknown)}, which are not plain convs of the model")
     replaced: list[tuple[str, nn.Module, nn.Module]] = []
     first_seen = False
     for name, module in list(target.named_modules()):
@@ -249,19 +255,21 @@ def convert(
             try:
                 layer = cls.from_conv(module, fit=init == "fit", **_options_for(name, method_options, per_layer))
             except ConfigError as err:
+                if name in (per_layer or {}):
+                    raise ConfigError(f"convert: $per_layer options of {name}: {err}") from err
                 reason = f"{method} cannot reproduce it exactly ({err})"
         if reason is not None:
+            if name in (per_layer or {}):
+                raise ConfigError(f"convert: $per_layer names {name}, which is not converted ({reason})")
             report.skipped.append(SkippedLayer(name, reason))
             continue
         layer.train(module.training)
-        _set_submodule(target, name, layer)
         replaced.append((name, module, layer))
-    unknown = sorted(set(per_layer or {}) - {name for name, _ in target.named_modules()})
-    if unknown:
-        raise ConfigError(f"convert: $per_layer names {', '.join(unknown)}, which are not modules of the model")
     if not replaced:
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in report.skipped) or "it has no nn.Conv2d"
         raise ConfigError(f"convert: no conv of {type(model).__name__} can be converted ({reasons})")
+    for name, _, layer in replaced:  # only now: an error above leaves an inplace model untouched
+        _set_submodule(target, name, layer)
     after = profile(target, size) if size else None
     macs_before = {r.name: r.macs for r in before.layers} if before else {}
     macs_after = {r.name: r.macs for r in after.layers} if after else {}

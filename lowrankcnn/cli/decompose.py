@@ -6,10 +6,11 @@ import argparse
 
 from ..convert import CONVERT_METHODS
 from ..training.decompose import decompose_run
-from .common import add_command, positive_int, rank_value, threads_parent, trust_parent
+from .common import add_command, positive_int, rank_value, set_threads, threads_parent, trust_parent
 
 
 def cmd_decompose(args: argparse.Namespace) -> None:
+    set_threads(args.threads)
     config, report, phase = decompose_run(
         args.checkpoint,
         args.method,
@@ -21,6 +22,7 @@ def cmd_decompose(args: argparse.Namespace) -> None:
         lr=args.lr,
         overwrite=args.overwrite,
         trust_factory=args.trust_factory,
+        threads=args.threads,
     )
     if report is None:
         print(f"{args.checkpoint}: no conv converted (no automatic rank would cut its layer's MACs)")

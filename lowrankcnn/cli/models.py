@@ -35,6 +35,12 @@ def cmd_profile(args: argparse.Namespace) -> None:
 def cmd_models(args: argparse.Namespace) -> None:
     if args.model_kwargs:
         raise ConfigError("$model_kwargs differ from model to model: give them to `lowrankcnn profile MODEL`")
+    given = [f for f in ("lowrank", "rank", "rank_ratio", "keep_dense") if getattr(args, f, None) is not None]
+    if given:
+        flags = ", ".join("$" + f for f in given)
+        raise ConfigError(
+            f"models lists the registry as built; {flags}: use `lowrankcnn profile MODEL` to see a conversion"
+        )
     names = list_models(args.pattern)
     if not names:
         raise ConfigError(f"no model matches {args.pattern!r}; run `lowrankcnn models` to list them all")

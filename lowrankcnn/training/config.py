@@ -8,6 +8,7 @@ registered default recipe, so every model family has settings that learn.
 
 from __future__ import annotations
 
+import inspect
 import math
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 from ..convert import ConvertMethod
 from ..errors import ConfigError
+from ..layers.factory import LAYERS
 from ..models import ModelSpec, model_info
 from ..models.spec import is_factory_path
 from ..utils import resolve_device
@@ -154,6 +156,8 @@ class TrainConfig:
         for name, given in needs_method.items():
             if given and self.lowrank is None:
                 raise ConfigError(f"${name} applies to a conversion: give $lowrank (e.g. svd) too", param=name)
+        if self.lowrank_kwargs and self.lowrank is not None:
+            _check_layer_options(self.lowrank, self.lowrank_kwargs)
         if self.rank is not None and self.rank_ratio is not None:
             raise ConfigError("give $rank or $rank_ratio, not both", param="rank")
         if self.rank == "auto":
@@ -287,6 +291,21 @@ def recipe_config(model: str, out: str, **settings: Any) -> TrainConfig:
     given = {k: v for k, v in settings.items() if v is not None}
     model_kwargs = {**recipe.pop("model_kwargs", {}), **given.pop("model_kwargs", {})}
     return TrainConfig(model=model, out=out, **{**recipe, **given, "model_kwargs": model_kwargs})
+
+
+def _check_layer_options(method: str, options: dict[str, Any]) -> None:
+    """``lowrank_kwargs`` may only hold ``method``'s layer options (``_from_spec``'s keywords, not ``convert``'s)."""
+    if method not in LAYERS:
+        return  # an unknown method is reported by the model spec
+    params = inspect.signature(LAYERS[method][0]._from_spec).parameters.values()
+    accepted = sorted(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "align")
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"$lowrank_kwargs {', '.join(unknown)}: not options of the {method} layer, which takes "
+            f"{', '.join(accepted) or 'none'}",
+            param="lowrank_kwargs",
+        )
 
 
 def _at_least(name: str, value: object, low: int) -> None:

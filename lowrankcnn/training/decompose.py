@@ -36,6 +36,7 @@ def decompose_run(
     lr: float | None = None,
     overwrite: bool = False,
     trust_factory: bool = False,
+    threads: int | None = None,
 ) -> tuple[TrainConfig, ConversionReport | None, LowRankPhase]:
     """Write the decomposed run of the dense run ``checkpoint`` in ``out`` (see the module doc).
 
@@ -43,11 +44,16 @@ def decompose_run(
         The new run's configuration, the conversion report (``None`` when automatic ranks left every layer dense)
         and the run's phase (its ``ranks``, with ``rank="auto"``).
 
+    ``threads``: the new run's thread count (default: the dense run's; it is part of a run's configuration).
+
     Raises:
         CheckpointError: the checkpoint is missing, corrupt or an untrusted factory's. ConfigError: it is already
-            low-rank, or a bad method, rank or budget. RunDirectoryError: ``out`` holds a run and not ``overwrite``.
+            low-rank, ``out`` is its own folder, or a bad method, rank or budget. RunDirectoryError: ``out`` holds a
+            run and not ``overwrite``.
     """
     source = checkpoint_path(checkpoint)
+    if Path(out).resolve() == source.resolve().parent:
+        raise ConfigError(f"$out {out} is the folder of the dense run being decomposed; give another $out")
     model, config, state = load_trained_model(source, trust_factory=trust_factory)
     if any(isinstance(m, LowRankConv2d) for m in model.modules()):
         raise ConfigError(f"{source} is a {config.model_label} run, already low-rank; decompose a dense run")
@@ -61,6 +67,9 @@ def decompose_run(
         rank=None if auto else rank,  # automatic ranks are per layer, in the run's phase
         rank_ratio=rank_ratio,
         keep_dense=list(keep_dense or []),
+        lowrank_kwargs={},  # the dense run's have no meaning for the new method
+        dense_if_faster=False,
+        threads=config.threads if threads is None else threads,
         warmup_dense=0,
         init="composite",
         frobenius_decay=0.0,

@@ -193,11 +193,23 @@ def ready_to_switch(phase: LowRankPhase, epoch: int, warmup: int, auto: bool) ->
     return len(phase.settled) == len(phase.init_ranks)
 
 
-def fresh_phase(model: nn.Module, method: str | None, options: Mapping[str, Any], auto: bool) -> LowRankPhase:
-    """The phase of a new run that starts dense: for ``auto`` ranks, the stable ranks of its initialization."""
-    if auto and method is not None:
+def fresh_phase(model: nn.Module, method: str, options: Mapping[str, Any], auto: bool) -> LowRankPhase:
+    """The phase of a new run that starts dense: for ``auto`` ranks, the stable ranks of its initialization. The
+    conversion is tried on a meta-device stand-in, so options it refuses fail now, not after the warm-up."""
+    if auto:
         return start_auto(model, method, options)
+    candidates(model, method, options)
     return LowRankPhase()
+
+
+def check_phase_fits(phase: LowRankPhase | None, model: nn.Module, path: object) -> None:
+    """A ``CheckpointError`` if ``phase`` (a resumed run's) names layers its dense model does not have."""
+    if phase is None or phase.switched:
+        return  # a switched phase's names are checked by the conversion that rebuilds the model
+    modules = {name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    unknown = sorted(set(phase.init_ranks) - modules)
+    if unknown:
+        raise CheckpointError(f"{path}: its {PHASE_KEY!r} tracks {', '.join(unknown[:3])}, which the model lacks")
 
 
 def before_epoch(

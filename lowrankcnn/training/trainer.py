@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..data import build_data
 from ..data.loaders import TENSOR_SPECS
 from ..distributed import DistInfo, all_reduce_sum, collective, default_threads, env_info, setup, teardown
-from ..errors import RunDirectoryError
+from ..errors import ConfigError, RunDirectoryError
 from ..evaluate import evaluate, main_logits
 from ..layers.init import spectral_init_
 from ..models import model_info
@@ -36,8 +36,15 @@ from ..utils.losses import classification_loss
 from .checkpoint import build_model, check_trusted, data_info, load_checkpoint, load_state
 from .config import TrainConfig, resumed_config
 from .divergence import DivergencePolicy
-from .frobenius import decay_groups, frobenius_penalty
-from .lowrank_phase import PHASE_KEY, LowRankPhase, before_epoch, fresh_phase, switch_message
+from .frobenius import decay_groups, frobenius_penalty, low_rank_layers
+from .lowrank_phase import (
+    PHASE_KEY,
+    LowRankPhase,
+    before_epoch,
+    check_phase_fits,
+    fresh_phase,
+    switch_message,
+)
 from .run_directory import RunDirectory, last_checkpoint, saved_config
 from .schedule import LRSchedule
 
@@ -178,8 +185,14 @@ class Trainer(DivergencePolicy):
         if phase is None and config.init == "spectral":
             spectral_init_(model)
         self.phase = phase
-        if phase is None and config.starts_dense:
+        if phase is None and config.starts_dense:  # converts a stand-in now: bad options fail before any epoch
             self.phase = fresh_phase(model, config.lowrank, config.lowrank_options(), config.rank == "auto")
+        check_phase_fits(self.phase, model, self.run.path / "last.pt")
+        if config.frobenius_decay > 0 and not config.starts_dense and not low_rank_layers(model):
+            raise ConfigError(
+                "$frobenius_decay acts on low-rank layers and this model has none: give $lowrank too",
+                param="frobenius_decay",
+            )
         self._place(model)
         self.optimizer = self._make_optimizer()
         steps_per_epoch = len(self.data.train)
@@ -230,6 +243,7 @@ class Trainer(DivergencePolicy):
             self._place(model)
             self.optimizer = self._make_optimizer()
             self.schedule.rebind(self.optimizer)
+            self.best_acc = -1.0  # best.pt: the best low-rank epoch, not a dense warm-up one
         message = switch_message(self.phase, report, c.lowrank)
         if self.verbose and self.dist.is_main:
             tqdm.write(message, file=sys.stdout)

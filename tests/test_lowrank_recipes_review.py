@@ -1,0 +1,227 @@
+"""Mistakes the training recipes must refuse in one line, and the bugs a review of the first version found (each
+test here failed on 4adb8d8): conversion options checked before a warm-up trains, ``lowrank_kwargs`` limited to the
+layer's options, malformed checkpoint phases, ``best.pt`` of a warm-up run, ``convert(per_layer=)`` mistakes, the
+leaderboard's reuse and report, ``decompose``'s threads and output folder."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lowrankcnn.cli import main
+from lowrankcnn.convert import convert
+from lowrankcnn.errors import CheckpointError, ConfigError
+from lowrankcnn.layers import LowRankConv2d
+from lowrankcnn.training import TrainConfig, Trainer, load_checkpoint, load_trained_model
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+
+def tiny(out, **overrides):
+    base = dict(width_mult=0.5, epochs=3, batch_size=64, train_subset=256, test_subset=128, lr=0.05, seed=1, threads=1)
+    return TrainConfig(model="resnet20", out=str(out), **{**base, **overrides})
+
+
+# --- 1. warm-up runs check their conversion options only at the switch -------------------------------------------
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"lowrank": "lr", "rank": 4},  # rank is an svd option
+        {"lowrank": "svd", "lowrank_kwargs": {"rank": "auto"}},
+        {"lowrank": "svd", "keep_dense": ["layer*"]},  # nothing left to convert
+    ],
+)
+def test_warmup_run_rejects_bad_conversion_options_before_training(tmp_path, overrides):
+    config = tiny(tmp_path / "run", warmup_dense=1, **overrides)
+    with pytest.raises(ConfigError):
+        Trainer(config, progress=False, verbose=False).fit()
+    # on 4adb8d8 the ConfigError only comes at the switch: epoch 1 was trained and committed, and the run can never
+    # be resumed past it (--resume cannot change the saved options)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+# --- 2. --lowrank-kwargs keys that are convert() keywords: tracebacks -------------------------------------------
+@pytest.mark.parametrize("kwarg", ["inplace=false", "count=true", "per_layer=5", "exclude=5", "method=svd"])
+def test_lowrank_kwargs_colliding_with_convert_keywords_is_a_one_line_error(tmp_path, kwarg, capsys):
+    argv = ["train", "--model", "resnet20", "--width-mult", "0.5", "--lowrank", "svd", "--lowrank-kwargs", kwarg]
+    argv += ["--epochs", "2", "--train-subset", "256", "--test-subset", "128", "--threads", "1", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "r")]) == 2  # TypeError / AttributeError traceback on 4adb8d8
+
+
+def test_lowrank_kwargs_init_fit_breaks_a_warmup_run_at_the_switch(tmp_path):
+    config = tiny(tmp_path / "run", lowrank="svd", warmup_dense=1, lowrank_kwargs={"init": "fit"})
+    with pytest.raises(ConfigError):  # TypeError "multiple values for keyword argument 'init'" after epoch 1
+        Trainer(config, progress=False, verbose=False).fit()
+
+
+# --- 3. malformed lowrank_phase entries: tracebacks instead of CheckpointError -----------------------------------
+class StopInSecondEpoch(Trainer):
+    def on_step_end(self, epoch, step):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def auto_rank_run(tmp_path_factory):
+    """An auto-rank run stopped in its dense phase (after one epoch), trained once for the module."""
+    src = tmp_path_factory.mktemp("phase") / "src"
+    config = tiny(src, lowrank="svd", rank="auto", warmup_dense=2, epochs=4)
+    with pytest.raises(KeyboardInterrupt):
+        StopInSecondEpoch(config, progress=False, verbose=False).fit()
+    return src
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"ranks": [1, 2]},
+        {"history": 7},
+        {"settled": 5},
+        {"init_ranks": [1]},
+        {"init_ranks": {"layer1.0.conv1": "x"}},
+        {"init_ranks": {"nope": 3}},
+        {"switch_epoch": 1, "ranks": {"layer2.0.conv1": 2}, "dense_layers": [1]},
+    ],
+)
+def test_malformed_phase_is_a_checkpoint_error(tmp_path, auto_rank_run, patch):
+    src = tmp_path / "src"
+    shutil.copytree(auto_rank_run, src)
+    (src / ".lock").unlink(missing_ok=True)
+    state = load_checkpoint(src / "last.pt", for_resume=True)
+    state["lowrank_phase"] = {**state["lowrank_phase"], **patch}
+    torch.save(state, src / "last.pt")
+    with pytest.raises(CheckpointError):  # eval, or at the latest the resume (a dense phase's tracked layers)
+        load_trained_model(src / "last.pt")
+        Trainer.resume(src, progress=False, verbose=False)
+
+
+# --- 4. best.pt of a warm-up run is the dense model ----------------------------------------------------------------
+def test_best_checkpoint_of_a_warmup_run_is_low_rank(tmp_path):
+    # the epoch right after the switch usually scores below the dense one (the truncated SVD loses accuracy)
+    config = tiny(tmp_path / "run", lowrank="svd", warmup_dense=1, epochs=2)
+    with Trainer(config, progress=False, verbose=False) as t:
+        t.fit()
+    model, _, state = load_trained_model(tmp_path / "run" / "best.pt")
+    assert state["epoch"] > config.warmup_dense, "best.pt was chosen among the dense warm-up epochs"
+    assert any(isinstance(m, LowRankConv2d) for m in model.modules())
+
+
+# --- 5. convert(per_layer=) --------------------------------------------------------------------------------------
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+    )
+
+
+def test_per_layer_unknown_name_does_not_mutate_inplace():
+    model = _net()
+    with pytest.raises(ConfigError):
+        convert(model, "svd", inplace=True, count=False, per_layer={"nope": {"rank": 2}})
+    assert all(type(m) is not type(None) and not isinstance(m, LowRankConv2d) for m in model)
+
+
+@pytest.mark.parametrize("per_layer", [{"2": {"rnak": 4}}, {"2": {"rank": 10**6}}, {"1": {"rank": 2}}])
+def test_per_layer_mistakes_are_errors_not_silently_dense(per_layer):
+    with pytest.raises(ConfigError):
+        convert(_net(), "svd", count=False, per_layer=per_layer)
+
+
+# --- 6. leaderboard ----------------------------------------------------------------------------------------------
+def _fake_run(path, epochs, accs, **config):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({**config, "epochs": epochs}))
+    (path / "metrics.jsonl").write_text("".join(json.dumps({"test_acc": a}) + "\n" for a in accs))
+
+
+def test_report_does_not_mix_sf_with_sf_si_fd(tmp_path):
+    from _leaderboard_report import _finished_runs
+
+    _fake_run(tmp_path / "sf_s0", 1, [0.8])
+    _fake_run(tmp_path / "sf_si_fd_s0", 1, [0.9])
+    assert [p.name for p in _finished_runs(tmp_path, "sf")] == ["sf_s0"]
+
+
+def test_one_seed_equal_claim_is_unconfirmed():
+    from _leaderboard_report import Row, _verdicts
+
+    rows = [Row(n, n, [a], 1, 1, 1.0, {}) for n, a in (("lr", 0.900), ("lr_join", 0.901))]
+    line = next(v for v in _verdicts(rows) if "lr ≈ lr_join" in v)
+    assert "unconfirmed" in line, line  # 4adb8d8: "does not hold" on one seed
+
+
+def test_leaderboard_does_not_reuse_a_finished_run_made_with_other_settings(tmp_path, capsys):
+    import leaderboard
+
+    quick = leaderboard.BY_NAME["dense"].config(0, tmp_path, train_subset=256).to_dict()
+    epochs = quick.pop("epochs")
+    _fake_run(tmp_path / "dense_s0", epochs, [0.5] * epochs, **quick)  # a finished --train-subset 256 quick run
+    with pytest.raises(Exception):  # noqa: B017 - a refusal (RunDirectoryError) or a retrain, never "reused"
+        leaderboard.train(leaderboard.BY_NAME["dense"], 0, tmp_path)  # full data wanted
+    assert "reused" not in capsys.readouterr().out
+
+
+# --- 7. decompose --threads is ignored -----------------------------------------------------------------------------
+def test_decompose_threads_flag_is_honoured(tmp_path, monkeypatch):
+    with Trainer(tiny(tmp_path / "dense", epochs=1, threads=2), progress=False, verbose=False) as t:
+        t.fit()
+    import lowrankcnn.training.decompose as dec
+
+    seen = []
+    real = dec.switch
+    monkeypatch.setattr(dec, "switch", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    torch.set_num_threads(2)
+    assert (
+        main(
+            [
+                "decompose",
+                "--checkpoint",
+                str(tmp_path / "dense"),
+                "--method",
+                "svd",
+                "--threads",
+                "1",
+                "--out",
+                str(tmp_path / "ft"),
+            ]
+        )
+        == 0
+    )
+    assert seen == [1]
+
+
+# --- 8. decompose --out SOURCE --overwrite deletes the source run ---------------------------------------------------
+def test_decompose_refuses_to_overwrite_its_own_source(tmp_path):
+    with Trainer(tiny(tmp_path / "dense", epochs=1), progress=False, verbose=False) as t:
+        t.fit()
+    assert (
+        main(
+            [
+                "decompose",
+                "--checkpoint",
+                str(tmp_path / "dense"),
+                "--method",
+                "svd",
+                "--out",
+                str(tmp_path / "dense"),
+                "--overwrite",
+            ]
+        )
+        == 2
+    )
+    assert (tmp_path / "dense" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("flag", [["--lowrank", "svd"], ["--lowrank", "svd", "--rank", "3"]])
+def test_models_refuses_conversion_flags_it_would_ignore(flag, capsys):
+    assert main(["models", "resnet20", *flag]) == 2
+    assert "profile" in capsys.readouterr().err
