@@ -6,6 +6,8 @@ Runs are resumable and a finished run is reused, so the board fills in over seve
 
     python benchmarks/leaderboard.py train            # seed 0 of every entry, then seed 1 of the headline ones
     python benchmarks/leaderboard.py train --only dense pufferfish
+    python benchmarks/leaderboard.py train --shard 0/2 --threads 1 &   # two runs at a time on 2 cores
+    python benchmarks/leaderboard.py train --shard 1/2 --threads 1 &
     python benchmarks/leaderboard.py report           # latency (interleaved vs dense), table, plots, verdicts
 
 ``report`` writes ``results/leaderboard/`` from whatever runs have finished (missing ones are listed).
@@ -141,14 +143,18 @@ def train_post(entry: Entry, seed: int, runs: Path, quick: dict[str, Any]) -> No
         trainer.fit()
 
 
-def train(entry: Entry, seed: int, runs: Path = RUNS, quick: dict[str, Any] | None = None) -> None:
+def train(
+    entry: Entry, seed: int, runs: Path = RUNS, quick: dict[str, Any] | None = None, threads: int | None = None
+) -> None:
     """Bring one entry's run to its epochs: reused if finished with these settings, resumed if not, refused if the
-    folder holds a run made with other settings (``train_or_reuse``)."""
+    folder holds a run made with other settings (``train_or_reuse``). ``threads`` applies to a new run (a run keeps
+    the thread count it started with: it is part of its settings)."""
     print(f"{entry.name} seed {seed}", flush=True)
+    new = {} if threads is None or (run_dir(entry, seed, runs) / "config.json").is_file() else {"threads": threads}
     if entry.post_train:
-        train_post(entry, seed, runs, quick or {})
+        train_post(entry, seed, runs, {**(quick or {}), **new})
     else:
-        train_or_reuse(entry.config(seed, runs, **(quick or {})), progress=False)
+        train_or_reuse(entry.config(seed, runs, **(quick or {}), **new), progress=False)
 
 
 def plan(only: list[str] | None, seeds: int, runs: Path) -> list[tuple[Entry, int]]:
@@ -178,7 +184,15 @@ def main() -> None:
         "--runs", type=Path, help=f"run directories (not committed; default {RUNS}, {QUICK_RUNS} with subsets)"
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="committed outputs")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for timing (default: all)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads of new runs, and for timing (default: all cores)"
+    )
+    parser.add_argument(
+        "--shard",
+        default="0/1",
+        help="K/N: train only every N-th run of the plan, from the K-th (N processes share the machine, e.g. two "
+        "with --threads 1 on 2 cores)",
+    )
     parser.add_argument("--train-subset", type=int, help="a quick check of the script: the first N training images")
     parser.add_argument("--test-subset", type=int, help="a quick check: the first N test images")
     args = parser.parse_args()
@@ -186,8 +200,10 @@ def main() -> None:
     args.runs = args.runs or (QUICK_RUNS if quick_check else RUNS)
     if args.phase == "train":
         quick = {k: v for k, v in (("train_subset", args.train_subset), ("test_subset", args.test_subset)) if v}
-        for entry, seed in plan(args.only, args.seeds, args.runs):
-            train(entry, seed, args.runs, quick)
+        k, n = (int(v) for v in args.shard.split("/"))
+        for i, (entry, seed) in enumerate(plan(args.only, args.seeds, args.runs)):
+            if i % n == k:
+                train(entry, seed, args.runs, quick, args.threads)
         return
     from _leaderboard_report import report
 
