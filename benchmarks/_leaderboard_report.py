@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from lowrankcnn import profile
+from lowrankcnn.errors import RunDirectoryError
 from lowrankcnn.measure import measure
 from lowrankcnn.tables import markdown_table
 from lowrankcnn.timing import cpu_snapshot, noise_warning, other_cores
@@ -51,9 +52,10 @@ def _finished_runs(runs: Path, name: str) -> list[Path]:
             continue  # sf_s* also matches sf_si_fd_s0
         try:
             config = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError):
+            done = len(read_metrics(path)) >= config["epochs"]
+        except (OSError, ValueError, RunDirectoryError):  # a run just started has no metrics yet
             continue
-        if len(read_metrics(path)) >= config["epochs"]:
+        if done:
             found.append(path)
     return found
 
@@ -94,6 +96,9 @@ def _rows(entries: Sequence[Any], runs: Path, results: Path, threads: int | None
         if not paths:
             missing.append(entry.name)
             continue
+        for path in paths:  # the per-run record, committed: settings and per-epoch metrics
+            for name in ("config.json", "metrics.csv"):
+                atomic_write_text(results / "runs" / path.name / name, (path / name).read_text())
         model, _, _ = load_trained_model(paths[0] / "last.pt")
         counts = profile(model, SHAPE)
         histories = [read_metrics(p) for p in paths]
@@ -183,11 +188,12 @@ def _verdicts(rows: list[Row]) -> list[str]:
         within = abs(diff) <= 100 * noise
         mac = f"MACs {by[a].macs / 1e6:.1f}M vs {by[b].macs / 1e6:.1f}M"
         accs = f"{100 * by[a].acc:.2f}% vs {100 * by[b].acc:.2f}% ({diff:+.2f} pp, {mac})"
-        if kind == "equal":
+        if not spreads:
+            verdict = "one seed, no noise estimate yet: unconfirmed"
+        elif kind == "equal":
             verdict = "holds" if within else "does not hold"
         else:
             verdict = "within seed noise" if within else ("holds" if diff > 0 else "does not hold")
-        verdict += "" if spreads else " (one seed: unconfirmed)"
         lines.append(f"- **{claim}**: {accs}: {verdict}.")
     return lines
 
@@ -214,7 +220,7 @@ def _goal(rows: list[Row]) -> str:
     )
 
 
-def report(entries: Sequence[Any], runs: Path, results: Path, command: str, threads: int | None) -> None:
+def report(entries: Sequence[Any], runs: Path, results: Path, command: str, threads: int | None, recipe: str) -> None:
     results.mkdir(parents=True, exist_ok=True)
     rows, missing = _rows(entries, runs, results, threads)
     dense = next(r for r in rows if r.name == "dense")
@@ -253,9 +259,25 @@ def report(entries: Sequence[Any], runs: Path, results: Path, command: str, thre
         [
             "# Low-rank leaderboard: resnet20 on Fashion-MNIST",
             "",
-            "Made by:",
+            f"Recipe: {recipe}.",
+            "",
+            "Trained by (resumable; a finished run with the same settings is reused):",
+            "",
+            "```sh\npython benchmarks/leaderboard.py train --shard 0/2 --threads 1 &\n"
+            "python benchmarks/leaderboard.py train --shard 1/2 --threads 1 &\n```",
+            "",
+            "Reported by (timings interleaved with the dense model, on a quiet machine):",
             "",
             f"```sh\n{command}\n```",
+            "",
+            "Columns: test accuracy after the last epoch (mean, ± half the max-min spread over seeds); params and "
+            "MACs per 28x28 image (1 MAC = 2 FLOPs) of the trained model; MAC ratio = dense MACs / entry MACs; "
+            "torch x, ORT x: "
+            f"deployed inference speed-up over dense at batch {INFER_BATCH} in PyTorch (`deploy` auto) and onnxruntime "
+            f"(the faster whole-model form), train x: training-step speed-up at batch {TRAIN_BATCH}, each median of "
+            f"{REPEATS} interleaved runs on this 2-core CPU; s/epoch: wall-clock of the run's epochs (median), under "
+            "its own thread count and whatever else ran: not comparable across entries. Each run's settings and "
+            "per-epoch metrics are in [`runs/`](runs/).",
             "",
             table,
             "",
@@ -263,7 +285,9 @@ def report(entries: Sequence[Any], runs: Path, results: Path, command: str, thre
             "",
             _goal(rows),
             "",
-            *([f"Not finished yet: {', '.join(missing)}."] if missing else []),
+            *[f"Timing warning, {r.name}: {r.timing['noise']}." for r in rows if r.timing.get("noise")],
+            "",
+            *([f"Not finished yet: {', '.join(missing)}.", ""] if missing else []),
             "![accuracy vs MACs](pareto_macs.png)",
             "",
             "![accuracy vs latency](pareto_latency.png)",
