@@ -170,55 +170,33 @@ def test_leaderboard_does_not_reuse_a_finished_run_made_with_other_settings(tmp_
     assert "reused" not in capsys.readouterr().out
 
 
-# --- 7. decompose --threads is ignored -----------------------------------------------------------------------------
-def test_decompose_threads_flag_is_honoured(tmp_path, monkeypatch):
-    with Trainer(tiny(tmp_path / "dense", epochs=1, threads=2), progress=False, verbose=False) as t:
+# --- 7, 8. decompose: --threads was ignored; --out SOURCE --overwrite deleted the source run ------------------------
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("decompose") / "dense"
+    with Trainer(tiny(out, epochs=1), progress=False, verbose=False) as t:
         t.fit()
+    return out
+
+
+def decompose_argv(source, out, *extra):
+    return ["decompose", "--checkpoint", str(source), "--method", "svd", "--out", str(out), *extra]
+
+
+def test_decompose_threads_flag_is_honoured(tmp_path, dense_run, monkeypatch):
     import lowrankcnn.training.decompose as dec
 
     seen = []
     real = dec.switch
     monkeypatch.setattr(dec, "switch", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
     torch.set_num_threads(2)
-    assert (
-        main(
-            [
-                "decompose",
-                "--checkpoint",
-                str(tmp_path / "dense"),
-                "--method",
-                "svd",
-                "--threads",
-                "1",
-                "--out",
-                str(tmp_path / "ft"),
-            ]
-        )
-        == 0
-    )
+    assert main(decompose_argv(dense_run, tmp_path / "ft", "--threads", "1")) == 0
     assert seen == [1]
 
 
-# --- 8. decompose --out SOURCE --overwrite deletes the source run ---------------------------------------------------
-def test_decompose_refuses_to_overwrite_its_own_source(tmp_path):
-    with Trainer(tiny(tmp_path / "dense", epochs=1), progress=False, verbose=False) as t:
-        t.fit()
-    assert (
-        main(
-            [
-                "decompose",
-                "--checkpoint",
-                str(tmp_path / "dense"),
-                "--method",
-                "svd",
-                "--out",
-                str(tmp_path / "dense"),
-                "--overwrite",
-            ]
-        )
-        == 2
-    )
-    assert (tmp_path / "dense" / "best.pt").exists()
+def test_decompose_refuses_to_overwrite_its_own_source(dense_run):
+    assert main(decompose_argv(dense_run, dense_run, "--overwrite")) == 2
+    assert (dense_run / "best.pt").exists()
 
 
 @pytest.mark.parametrize("flag", [["--lowrank", "svd"], ["--lowrank", "svd", "--rank", "3"]])
