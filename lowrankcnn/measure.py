@@ -29,7 +29,7 @@ from .data.checks import MAX_BATCH_BYTES, check_int
 from .deployment import LayerChoice, deploy_report
 from .deployment import deploy as deploy_model
 from .errors import ConfigError
-from .layers import LowRankConv2d
+from .layers.base import low_rank_layers
 from .profiling import profile
 from .timing import (
     MEMORY_FORMATS,
@@ -289,7 +289,7 @@ def measure(
 
 def has_low_rank(model: nn.Module) -> bool:
     """Whether ``model`` holds a low-rank layer (``LowRankConv2d``)."""
-    return any(isinstance(m, LowRankConv2d) for m in model.modules())
+    return bool(low_rank_layers(model))
 
 
 def _on_cpu(model: nn.Module) -> nn.Module:

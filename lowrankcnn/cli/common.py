@@ -12,6 +12,7 @@ import torch
 from ..distributed import default_threads
 from ..errors import ConfigError
 from ..models import ModelSpec
+from ..models.spec import conversion_options
 from ..training.config import MAX_THREADS
 
 _WORDS = {"true": True, "yes": True, "false": False, "no": False, "none": None}
@@ -87,12 +88,7 @@ def lowrank_options(args: argparse.Namespace) -> dict[str, object]:
     rank = getattr(args, "rank", None)
     if rank == "auto":
         raise ConfigError("--rank auto chooses ranks during training (lowrankcnn train --warmup-dense E)")
-    given = {
-        "rank": rank,
-        "rank_ratio": getattr(args, "rank_ratio", None),
-        "exclude": getattr(args, "keep_dense", None),
-    }
-    options = {k: v for k, v in given.items() if v is not None}
+    options = conversion_options(rank, getattr(args, "rank_ratio", None), getattr(args, "keep_dense", None) or ())
     if options and getattr(args, "lowrank", None) is None:
         raise ConfigError("--rank, --rank-ratio and --keep-dense apply to a conversion: give --lowrank too")
     return options

@@ -300,6 +300,20 @@ class LowRankConv2d(nn.Module, metaclass=abc.ABCMeta):
         """Short structure text for tables (``profile``'s "kernel / basis" column), e.g. ``"3x1:32|1x3:32"``."""
 
 
+def low_rank_layers(model: nn.Module) -> list[LowRankConv2d]:
+    """The low-rank layers of ``model`` in module order, outermost only (a low-rank layer inside another is part of
+    it)."""
+    found: list[LowRankConv2d] = []
+    inside: set[int] = set()
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        if isinstance(module, LowRankConv2d):
+            found.append(module)
+            inside.update(id(m) for m in module.modules())
+    return found
+
+
 def _check_options(cls: type[LowRankConv2d], options: Mapping[str, object]) -> None:
     """A ``ConfigError`` naming every option ``cls._from_spec`` does not take."""
     params = inspect.signature(cls._from_spec).parameters.values()

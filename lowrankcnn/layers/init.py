@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ._deprecation import renamed_function
-from .base import HE_GAIN, INIT_MODES, InitMode, LowRankConv2d, he_normal_
+from .base import HE_GAIN, INIT_MODES, InitMode, LowRankConv2d, he_normal_, low_rank_layers
 from .composite import composite_fan
 from .fold import BATCH_NORM_TYPES
 
@@ -75,16 +75,13 @@ def spectral_init_(module: nn.Module, mode: InitMode = "fan_out", gain: float = 
     """
     if mode not in INIT_MODES:
         raise ConfigError(f"spectral_init_: mode must be {' or '.join(map(repr, INIT_MODES))}, got {mode!r}")
-    handled: set[nn.Module] = set()
-    for sub in module.modules():
-        if sub in handled or not isinstance(sub, LowRankConv2d):
-            continue
-        handled.update(sub.modules())
-        dense = sub.conv_spec().conv2d().to(next(sub.parameters()).device)
-        he_normal_(dense, mode, gain)
-        sub.fit_(dense.weight, dense.bias)
-    if not handled:
+    layers = low_rank_layers(module)
+    if not layers:
         raise ConfigError("spectral_init_: the model has no low-rank layer to initialize (convert it first)")
+    for layer in layers:
+        dense = layer.conv_spec().conv2d().to(next(layer.parameters()).device)
+        he_normal_(dense, mode, gain)
+        layer.fit_(dense.weight, dense.bias)
     return module
 
 

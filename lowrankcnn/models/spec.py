@@ -13,7 +13,7 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -154,6 +154,17 @@ class ModelSpec:
             "lowrank": self.lowrank,
             "lowrank_options": dict(self.lowrank_options),
         }
+
+
+def conversion_options(
+    rank: int | None = None, rank_ratio: float | None = None, keep_dense: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The ``convert`` keywords of a conversion's common settings (:attr:`ModelSpec.lowrank_options`): ``svd``'s
+    ``rank`` or ``rank_ratio``, and the ``keep_dense`` name patterns as ``exclude``; unset ones are left out."""
+    options: dict[str, Any] = {k: v for k, v in (("rank", rank), ("rank_ratio", rank_ratio)) if v is not None}
+    if keep_dense:
+        options["exclude"] = list(keep_dense)
+    return options
 
 
 def _keywords(factory: Callable[..., Any]) -> set[str] | None:

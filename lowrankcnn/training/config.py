@@ -18,7 +18,7 @@ from ..convert import ConvertMethod
 from ..errors import ConfigError
 from ..layers.factory import LAYERS
 from ..models import ModelSpec, model_info
-from ..models.spec import is_factory_path
+from ..models.spec import conversion_options, is_factory_path
 from ..utils import resolve_device
 from ..utils.annotations import describe, fits
 from .schedule import Schedule
@@ -191,14 +191,8 @@ class TrainConfig:
     def lowrank_options(self) -> dict[str, Any]:
         """The ``convert`` keywords of the run's conversion (``rank``/``rank_ratio``, ``keep_dense`` as ``exclude``);
         ``rank="auto"`` ranks are chosen during the run (:mod:`.lowrank_phase`)."""
-        options: dict[str, Any] = {}
-        if isinstance(self.rank, int):
-            options["rank"] = self.rank
-        if self.rank_ratio is not None:
-            options["rank_ratio"] = self.rank_ratio
-        if self.keep_dense:
-            options["exclude"] = list(self.keep_dense)
-        return {**self.lowrank_kwargs, **options}
+        rank = self.rank if isinstance(self.rank, int) else None
+        return {**self.lowrank_kwargs, **conversion_options(rank, self.rank_ratio, self.keep_dense)}
 
     @property
     def starts_dense(self) -> bool:

@@ -17,7 +17,7 @@ import torch
 
 from ..convert import ConversionReport
 from ..errors import ConfigError
-from ..layers import LowRankConv2d
+from ..layers.base import low_rank_layers
 from .checkpoint import build_model, checkpoint_path, load_trained_model
 from .config import TrainConfig
 from .lowrank_phase import LowRankPhase, start_auto, switch
@@ -55,7 +55,7 @@ def decompose_run(
     if Path(out).resolve() == source.resolve().parent:
         raise ConfigError(f"$out {out} is the folder of the dense run being decomposed; give another $out")
     model, config, state = load_trained_model(source, trust_factory=trust_factory)
-    if any(isinstance(m, LowRankConv2d) for m in model.modules()):
+    if low_rank_layers(model):
         raise ConfigError(f"{source} is a {config.model_label} run, already low-rank; decompose a dense run")
     auto = rank == "auto"
     if auto and method != "svd":

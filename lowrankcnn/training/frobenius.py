@@ -18,20 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import LowRankConv2d
-
-
-def low_rank_layers(model: nn.Module) -> list[LowRankConv2d]:
-    """The low-rank layers of ``model`` (outermost only)."""
-    found: list[LowRankConv2d] = []
-    inside: set[int] = set()
-    for module in model.modules():
-        if id(module) in inside:
-            continue
-        if isinstance(module, LowRankConv2d):
-            found.append(module)
-            inside.update(id(m) for m in module.modules())
-    return found
+from ..layers.base import low_rank_layers
 
 
 def frobenius_penalty(model: nn.Module) -> torch.Tensor:
