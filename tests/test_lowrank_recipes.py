@@ -268,10 +268,10 @@ def test_dense_if_faster_keeps_the_layers_timing_chose_and_rebuilds_them(tmp_pat
 
     original = layer_timing.dense_is_faster
 
-    def spy(dense, converted, names, example, repeats=layer_timing.REPEATS):
+    def spy(dense, converted, names, example_shape, repeats=layer_timing.REPEATS):
         timed_names.extend(names)
-        assert example.shape[1:] == (1, 28, 28) and example.shape[0] == 64  # a batch of the data's shape
-        return original(dense, converted, names, example, repeats)
+        assert tuple(example_shape[1:]) == (1, 28, 28) and example_shape[0] == 64  # a batch of the data's shape
+        return original(dense, converted, names, example_shape, repeats)
 
     timed_names: list[str] = []
     monkeypatch.setattr(layer_timing, "fastest", decide)

@@ -7,7 +7,8 @@ factorized and keeps the leading ones, where factorizing does not pay, dense. He
 on its own: a training step (forward, then backward of the output's sum) of the dense conv and of its low-rank
 replacement, interleaved, on a random input of the shape it sees in the model (found by one forward pass of an
 example batch), by :func:`lowrankcnn.timing.fastest`. A layer stays dense unless its low-rank form is faster
-beyond the noise.
+beyond the noise. The random inputs come from a generator of their own, so timing leaves the run's random stream
+as it was.
 """
 
 from __future__ import annotations
@@ -58,16 +59,23 @@ def _step(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
 
 
 def dense_is_faster(
-    dense: nn.Module, converted: nn.Module, names: Sequence[str], example: torch.Tensor, repeats: int = REPEATS
+    dense: nn.Module,
+    converted: nn.Module,
+    names: Sequence[str],
+    example_shape: tuple[int, ...],
+    repeats: int = REPEATS,
 ) -> dict[str, dict[str, float]]:
     """The layers of ``names`` whose dense conv (in ``dense``) trains at least as fast as its low-rank form (in
-    ``converted``), with the median milliseconds of each form: ``{name: {"dense": ms, "low-rank": ms}}``."""
-    shapes = input_shapes(dense, names, example)
+    ``converted``), timed on the inputs a batch of ``example_shape`` ``(N, C, H, W)`` gives them, with the median
+    milliseconds of each form: ``{name: {"dense": ms, "low-rank": ms}}``."""
+    device = next(dense.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(0)
+    shapes = input_shapes(dense, names, torch.randn(example_shape, generator=generator, device=device))
     keep: dict[str, dict[str, float]] = {}
     for name in names:
-        x = torch.randn(shapes[name], device=example.device)
+        x = torch.randn(shapes[name], generator=generator, device=device)
         fns = {"dense": _step(dense.get_submodule(name), x), "low-rank": _step(converted.get_submodule(name), x)}
-        winner, ms, _ = fastest(fns, repeats, example.device, fallback="dense")
+        winner, ms, _ = fastest(fns, repeats, device, fallback="dense")
         if winner == "dense":
             keep[name] = ms
     return keep

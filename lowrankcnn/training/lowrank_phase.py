@@ -143,33 +143,31 @@ def switch(
     epoch: int,
     auto: bool,
     count: bool = False,
-    example: torch.Tensor | None = None,
+    example_shape: tuple[int, ...] | None = None,
 ) -> tuple[nn.Module, ConversionReport | None]:
     """Convert the trained dense ``model`` (``init="fit"``), recording the switch in ``phase``; with ``auto`` each
-    tracked layer gets its scaled stable rank now, and layers where that rank saves no MACs stay dense. With an
-    ``example`` batch, a converted layer that does not train faster than its dense conv stays dense too
-    (:mod:`.layer_timing`). When no layer is left to convert, the model is returned as it is, with no report.
-    ``count``: MACs in the report (a profile pass before and after, at the model's declared input)."""
+    tracked layer gets its scaled stable rank now (the measurement of this ``epoch`` in ``phase.history`` if there
+    is one), and layers where that rank saves no MACs stay dense. With an ``example_shape`` (a batch of the data), a
+    converted layer that does not train faster than its dense conv stays dense too (:mod:`.layer_timing`). When no
+    layer is left to convert, the model is returned as it is, with no report. ``count``: MACs in the report (a
+    profile pass before and after, at the model's declared input)."""
+
+    def fit() -> tuple[nn.Module, ConversionReport | None]:
+        return convert(model, method, init="fit", count=count, **phase.convert_options(options))
+
     if auto:
-        ranks = measure_ranks(model, phase)
+        ranks = phase.history[epoch] if len(phase.history) == epoch + 1 else measure_ranks(model, phase)
         phase.dense_layers = [name for name, r in ranks.items() if not breaks_even(model.get_submodule(name), r)]
         phase.ranks = {name: r for name, r in ranks.items() if name not in phase.dense_layers}
     phase.switch_epoch = epoch
-    converted, report = model, None
-    if not (auto and not phase.ranks):
-        converted, report = convert(model, method, init="fit", count=count, **phase.convert_options(options))
-        if example is not None:
-            names = [layer.name for layer in report.converted]
-            phase.timed_dense = dense_is_faster(model, converted, names, example)
-            if phase.timed_dense:
-                phase.dense_layers += list(phase.timed_dense)
-                phase.ranks = {n: r for n, r in phase.ranks.items() if n not in phase.timed_dense}
-                if len(phase.timed_dense) == len(names):
-                    converted, report = model, None
-                else:
-                    converted, report = convert(
-                        model, method, init="fit", count=count, **phase.convert_options(options)
-                    )
+    converted, report = (model, None) if auto and not phase.ranks else fit()
+    if report is not None and example_shape is not None:
+        names = [layer.name for layer in report.converted]
+        phase.timed_dense = dense_is_faster(model, converted, names, example_shape)
+        if phase.timed_dense:
+            phase.dense_layers += list(phase.timed_dense)
+            phase.ranks = {n: r for n, r in phase.ranks.items() if n not in phase.timed_dense}
+            converted, report = fit() if len(phase.timed_dense) < len(names) else (model, None)
     phase.low_rank_layers = [] if report is None else [layer.name for layer in report.converted]
     return converted, report
 
@@ -220,7 +218,7 @@ def before_epoch(
     epoch: int,
     warmup: int,
     auto: bool,
-    example: torch.Tensor | None = None,
+    example_shape: tuple[int, ...] | None = None,
 ) -> tuple[nn.Module, ConversionReport | None] | None:
     """Before epoch ``epoch + 1`` of a dense phase: measure the ranks (``auto``; idempotent for one ``epoch``, so a
     resumed run measures the same) and switch if it is time; returns the converted model and its report, or ``None``
@@ -232,7 +230,7 @@ def before_epoch(
         phase.history.append(measure_ranks(model, phase))
     if not ready_to_switch(phase, epoch, warmup, auto):
         return None
-    return switch(model, method, options, phase, epoch, auto, example=example)
+    return switch(model, method, options, phase, epoch, auto, example_shape=example_shape)
 
 
 def switch_message(phase: LowRankPhase, report: ConversionReport | None, method: str) -> str:

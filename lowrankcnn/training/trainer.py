@@ -29,6 +29,7 @@ from ..data.loaders import TENSOR_SPECS
 from ..distributed import DistInfo, all_reduce_sum, collective, default_threads, env_info, setup, teardown
 from ..errors import ConfigError, RunDirectoryError
 from ..evaluate import evaluate, main_logits
+from ..layers.base import low_rank_layers
 from ..layers.init import spectral_init_
 from ..models import model_info
 from ..utils import resolve_device
@@ -36,7 +37,7 @@ from ..utils.losses import classification_loss
 from .checkpoint import build_model, check_trusted, data_info, load_checkpoint, load_state
 from .config import TrainConfig, resumed_config
 from .divergence import DivergencePolicy
-from .frobenius import decay_groups, frobenius_penalty, low_rank_layers
+from .frobenius import decay_groups, frobenius_penalty
 from .lowrank_phase import (
     PHASE_KEY,
     LowRankPhase,
@@ -228,10 +229,8 @@ class Trainer(DivergencePolicy):
         c = self.config
         if self.phase is None:
             return
-        example = None
-        if c.dense_if_faster:  # a batch of the data's shape, for timing each layer's training step
-            size = (c.batch_size, self.info["in_chans"], self.info["input_size"], self.info["input_size"])
-            example = torch.randn(size, device=self.device)
+        size = self.info["input_size"]  # a batch of the data, for timing each layer's training step
+        example = (c.batch_size, self.info["in_chans"], size, size) if c.dense_if_faster else None
         auto = c.rank == "auto"
         switched = before_epoch(
             self.phase, self.model, c.lowrank, c.lowrank_options(), self.epoch, c.warmup_dense, auto, example
