@@ -38,6 +38,12 @@ def edited_checkpoint(run_dir: Path, dest: Path, edit) -> Path:
     return dest
 
 
+def export_args(checkpoint: Path, fmt: str, out: Path) -> list[str]:
+    """``export`` arguments with the form forced (``--deploy factorized``): these tests are about failures and
+    metadata, not the form, and the default ``auto`` would time both forms first (tests/test_export_auto.py)."""
+    return ["export", "--deploy", "factorized", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(out)]
+
+
 def cli(*args: str, fsize: int | None = None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """``lowrankcnn ARGS`` in a fresh process (optionally with files limited to ``fsize`` bytes)."""
 
@@ -122,18 +128,7 @@ def test_a_non_finite_difference_fails_the_check(run_dir, tmp_path, monkeypatch,
 def test_full_disk_is_one_line_and_leaves_no_file(run_dir, tmp_path, fmt):
     out = tmp_path / "out" / f"m.{fmt}"
     out.parent.mkdir()
-    result = cli(
-        "export",
-        "--deploy",
-        "factorized",
-        "--checkpoint",
-        str(run_dir),
-        "--format",
-        fmt,
-        "--out",
-        str(out),
-        fsize=200_000,
-    )
+    result = cli(*export_args(run_dir, fmt, out), fsize=200_000)
     assert_one_line_error(result, f"cannot write {out}")
     assert not list(out.parent.iterdir())  # neither the file nor a temporary one
 
@@ -161,18 +156,7 @@ def test_full_or_read_only_file_system_is_one_line(run_dir, tmp_path, options, r
     out = target / "m.pt"
     listing = f'; status=$?; ls -A "{target}" >&2; exit $status'
     prefix = (*prefix[:4], prefix[4].replace('exec "$@"', '"$@"' + listing), *prefix[5:])
-    result = cli(
-        "export",
-        "--deploy",
-        "factorized",
-        "--checkpoint",
-        str(run_dir),
-        "--format",
-        "torchscript",
-        "--out",
-        str(out),
-        prefix=prefix,
-    )
+    result = cli(*export_args(run_dir, "torchscript", out), prefix=prefix)
     assert_one_line_error(result, f"cannot write {out}", reason)  # ls printed nothing: no file, no temp file
 
 
@@ -181,10 +165,7 @@ def test_preprocessing_metadata_round_trips(run_dir, tmp_path, capsys):
     info = state["data_info"]
     for fmt in ("onnx", "torchscript"):
         out = tmp_path / f"m.{fmt}"
-        assert (
-            main(["export", "--deploy", "factorized", "--checkpoint", str(run_dir), "--format", fmt, "--out", str(out)])
-            == 0
-        )
+        assert main(export_args(run_dir, fmt, out)) == 0
         printed = capsys.readouterr().out
         assert "mean (0.2860), std (0.3530)" in printed and "--include-preprocessing" in printed
         meta = read_export_metadata(out)
@@ -201,12 +182,7 @@ def test_an_older_checkpoint_gets_its_data_sets_normalization(run_dir, tmp_path)
 
     checkpoint = edited_checkpoint(run_dir, tmp_path / "old.pt", forget)
     out = tmp_path / "old.onnx"
-    assert (
-        main(
-            ["export", "--deploy", "factorized", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)]
-        )
-        == 0
-    )
+    assert main(export_args(checkpoint, "onnx", out)) == 0
     mean, std = normalization("fashion-mnist", 1)
     meta = read_export_metadata(out)
     assert eval(meta["mean"]) == list(mean) and eval(meta["std"]) == list(std)
@@ -216,18 +192,7 @@ def test_include_preprocessing_takes_raw_pixels(run_dir, tmp_path, capsys):
     import onnxruntime as ort
 
     out = tmp_path / "raw.onnx"
-    args = [
-        "export",
-        "--deploy",
-        "factorized",
-        "--checkpoint",
-        str(run_dir),
-        "--format",
-        "onnx",
-        "--out",
-        str(out),
-        "--include-preprocessing",
-    ]
+    args = [*export_args(run_dir, "onnx", out), "--include-preprocessing"]
     assert main(args) == 0
     assert "raw pixel values 0..255" in capsys.readouterr().out
     assert read_export_metadata(out)["normalization_included"] == "true"
@@ -249,19 +214,7 @@ def test_include_preprocessing_takes_raw_pixels(run_dir, tmp_path, capsys):
 @pytest.mark.parametrize("size", ["-5", "0", "nan", "100000", "2"])
 def test_hostile_input_sizes_are_one_line(run_dir, tmp_path, size):
     out = tmp_path / "m.onnx"
-    result = cli(
-        "export",
-        "--deploy",
-        "factorized",
-        "--checkpoint",
-        str(run_dir),
-        "--format",
-        "onnx",
-        "--out",
-        str(out),
-        "--input-size",
-        size,
-    )
+    result = cli(*export_args(run_dir, "onnx", out), "--input-size", size)
     assert_one_line_error(result, "--input-size" if size != "2" else "")
     assert not out.exists()
 
@@ -269,17 +222,7 @@ def test_hostile_input_sizes_are_one_line(run_dir, tmp_path, size):
 def test_hostile_checkpoints_are_one_line(tmp_path):
     (tmp_path / "junk.pt").write_bytes(os.urandom(1000))
     for checkpoint in (tmp_path / "missing.pt", tmp_path / "junk.pt", tmp_path):
-        result = cli(
-            "export",
-            "--deploy",
-            "factorized",
-            "--checkpoint",
-            str(checkpoint),
-            "--format",
-            "onnx",
-            "--out",
-            str(tmp_path / "m"),
-        )
+        result = cli(*export_args(checkpoint, "onnx", tmp_path / "m"))
         assert_one_line_error(result)
 
 
