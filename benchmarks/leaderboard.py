@@ -158,10 +158,10 @@ def train(
 
 
 def plan(only: list[str] | None, seeds: int, runs: Path) -> list[tuple[Entry, int]]:
-    """Seed 0 of every entry (or of ``only``), then the other seeds of the headline entries and of the two best
-    low-rank entries by seed-0 accuracy so far."""
+    """Seed 0 of every entry (or of ``only``), the headline entries first, then the other seeds of the headline
+    entries and of the two best low-rank entries by seed-0 accuracy so far."""
     chosen = [BY_NAME[n] for n in only] if only else list(ENTRIES)
-    order = [(e, 0) for e in chosen]
+    order = [(e, 0) for e in sorted(chosen, key=lambda e: not e.headline)]
     best = sorted(
         (e for e in chosen if e.name != "dense" and finished(run_dir(e, 0, runs))),
         key=lambda e: -final_accuracy(run_dir(e, 0, runs)),

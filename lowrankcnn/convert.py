@@ -149,11 +149,15 @@ def _check_arguments(model: object, method: str, init: str, min_channels: object
     if type(min_channels) is not int or min_channels < 1:
         raise ConfigError(f"convert: $min_channels must be an integer >= 1, got {min_channels!r}", param="min_channels")
     cls, _ = LAYERS[method]
-    # the options, checked once on a stand-in conv (nothing allocated), 64**2 channels wide: square for rank1's
-    # shared_spatial, and wide enough that a size-bound option (svd's rank) is judged per conv, where a conv too
-    # narrow for it is skipped with the reason
+    # the options, checked once on a stand-in conv (nothing allocated) as wide as the model's widest conv (at
+    # least 8, so every method's channel split fits) and with its largest kernel: square for rank1's
+    # shared_spatial, and the loosest bound for a size-bound option (svd's rank), which is then judged per conv,
+    # where a conv too narrow for it is skipped with the reason
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    width = max([8, *(max(c.in_channels, c.out_channels) for c in convs)])
+    kernel = max((max(c.kernel_size) for c in convs), default=3)
     with torch.device("meta"):
-        cls.from_spec(ConvSpec.make(4096, 4096, 3, layer=f"convert({method!r})"), **options)
+        cls.from_spec(ConvSpec.make(width, width, kernel, layer=f"convert({method!r})"), **options)
     owners: dict[int, str] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         if isinstance(module, nn.Conv2d) and not isinstance(module, LowRankConv2d):

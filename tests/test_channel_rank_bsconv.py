@@ -218,6 +218,12 @@ def test_svd_options_reach_convert_and_a_fixed_rank_skips_narrow_convs():
     assert half.layer3[0].conv2.rank == 16
 
 
+def test_a_rank_no_conv_of_the_model_takes_names_the_models_widest_conv():
+    # the options used to be checked on a 4096-channel stand-in, so the bound in the message was 4096
+    with pytest.raises(ConfigError, match=r"= min\(32, 32\*3\*3\) = 32, got 5000"):
+        convert(create_model("resnet20", width_mult=0.5), "svd", rank=5000, count=False)
+
+
 @pytest.mark.parametrize("method", ["svd", "bsconv"])
 def test_a_converted_resnet_exports_to_onnx(method):
     pytest.importorskip("onnxruntime")
