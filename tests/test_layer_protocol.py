@@ -25,10 +25,10 @@ from lowrankcnn.layers import (
     SeparableConv2d,
     init_weights_,
 )
-from lowrankcnn.layers.base import HE_GAIN, fold_into_, he_normal_
+from lowrankcnn.layers.base import HE_GAIN, constrained_modules, fold_into_, he_normal_
 from lowrankcnn.layers.composite import WFULL_PARTS
 from lowrankcnn.layers.fold import batchnorm_affine, fold_batchnorms_
-from lowrankcnn.training.trainer import Trainer, constrained_modules
+from lowrankcnn.training.trainer import Trainer
 
 
 class MiddleWidthConv2d(LowRankConv2d):

@@ -300,6 +300,12 @@ class LowRankConv2d(nn.Module, metaclass=abc.ABCMeta):
         """Short structure text for tables (``profile``'s "kernel / basis" column), e.g. ``"3x1:32|1x3:32"``."""
 
 
+def constrained_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` with a ``constrain_()`` hook (e.g. every rank-1 layer), which the trainer calls
+    after the steps ``project_every``/``project_unit`` name and after the last step."""
+    return [m for m in model.modules() if callable(getattr(m, "constrain_", None))]
+
+
 def low_rank_layers(model: nn.Module) -> list[LowRankConv2d]:
     """The low-rank layers of ``model`` in module order, outermost only (a low-rank layer inside another is part of
     it)."""

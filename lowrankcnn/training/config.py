@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from ..convert import ConvertMethod
+from ..data.loaders import TENSOR_SPECS
 from ..errors import ConfigError
 from ..layers.factory import LAYERS
 from ..models import ModelSpec, model_info
@@ -314,3 +315,12 @@ def _finite(name: str, value: object, low: float, high: float | None = None, low
         bounds = f"> {low:g}" if low_open else f">= {low:g}"
         bounds += f" and < {high:g}" if high is not None else ""
         raise ConfigError(f"${name} must be a finite number {bounds}, got {value!r}", param=name)
+
+
+def input_size_for(config: TrainConfig) -> int | None:
+    """The run's input size: ``config.input_size``, else the data's native size, zero-padded up (evenly) to the
+    model's minimum input size for in-memory data sets (e.g. GoogLeNet needs 31: Fashion-MNIST is padded to 32)."""
+    if config.input_size is not None or config.data not in TENSOR_SPECS or config.uses_factory:
+        return config.input_size  # a factory's model declares no minimum: the data's own size
+    native, needed = TENSOR_SPECS[config.data].input_size, model_info(config.model).min_input_size
+    return None if native >= needed else needed + (needed - native) % 2

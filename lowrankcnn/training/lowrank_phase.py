@@ -18,19 +18,26 @@ learning-rate schedule continues where it was (same global step).
 from __future__ import annotations
 
 import copy
+import sys
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ..convert import ConversionReport, convert
 from ..errors import CheckpointError
 from ..utils.annotations import fits
 from . import auto_rank
 from .layer_timing import dense_is_faster
+
+if TYPE_CHECKING:
+    from ..distributed import DistInfo
+    from .config import TrainConfig
+    from .schedule import LRSchedule
 
 PHASE_KEY = "lowrank_phase"
 """The checkpoint entry holding a run's :class:`LowRankPhase` (absent in runs built low-rank or dense)."""
@@ -248,3 +255,46 @@ def switch_message(phase: LowRankPhase, report: ConversionReport | None, method:
     if phase.timed_dense:
         message += f"; kept dense (trains at least as fast): {', '.join(phase.timed_dense)}"
     return message
+
+
+class PhaseSwitching:
+    """Mixed into :class:`~.trainer.Trainer`: the switch of a run with a dense phase, on its ``config``, ``phase``,
+    ``model``, ``info`` (the data's shape), ``epoch``, ``schedule`` and ``best_acc``."""
+
+    config: TrainConfig
+    phase: LowRankPhase | None
+    model: nn.Module
+    info: dict[str, Any]
+    epoch: int
+    schedule: LRSchedule
+    optimizer: torch.optim.Optimizer
+    best_acc: float
+    verbose: bool
+    dist: DistInfo
+
+    _place: Callable[[nn.Module], None]  # the trainer's: device, memory format, DDP
+    _make_optimizer: Callable[[], torch.optim.Optimizer]
+
+    def _switch_if_due(self) -> None:
+        """Before an epoch: measure the ranks and, when due, convert the model and start a new optimizer (the
+        schedule goes on at the same step); see the module doc."""
+        c = self.config
+        if self.phase is None:
+            return
+        size = self.info["input_size"]  # a batch of the data, for timing each layer's training step
+        example = (c.batch_size, self.info["in_chans"], size, size) if c.dense_if_faster else None
+        auto = c.rank == "auto"
+        switched = before_epoch(
+            self.phase, self.model, c.lowrank, c.lowrank_options(), self.epoch, c.warmup_dense, auto, example
+        )
+        if switched is None:
+            return
+        model, report = switched
+        if report is not None:
+            self._place(model)
+            self.optimizer = self._make_optimizer()
+            self.schedule.rebind(self.optimizer)
+            self.best_acc = -1.0  # best.pt: the best low-rank epoch, not a dense warm-up one
+        message = switch_message(self.phase, report, c.lowrank)
+        if self.verbose and self.dist.is_main:
+            tqdm.write(message, file=sys.stdout)

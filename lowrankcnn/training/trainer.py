@@ -25,47 +25,23 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import build_data
-from ..data.loaders import TENSOR_SPECS
 from ..distributed import DistInfo, all_reduce_sum, collective, default_threads, env_info, setup, teardown
 from ..errors import ConfigError, RunDirectoryError
 from ..evaluate import evaluate, main_logits
-from ..layers.base import low_rank_layers
+from ..layers.base import constrained_modules, low_rank_layers
 from ..layers.init import spectral_init_
-from ..models import model_info
 from ..utils import resolve_device
 from ..utils.losses import classification_loss
 from .checkpoint import build_model, check_trusted, data_info, load_checkpoint, load_state
-from .config import TrainConfig, resumed_config
+from .config import TrainConfig, input_size_for, resumed_config
 from .divergence import DivergencePolicy
 from .frobenius import decay_groups, frobenius_penalty
-from .lowrank_phase import (
-    PHASE_KEY,
-    LowRankPhase,
-    before_epoch,
-    check_phase_fits,
-    fresh_phase,
-    switch_message,
-)
+from .lowrank_phase import PHASE_KEY, LowRankPhase, PhaseSwitching, check_phase_fits, fresh_phase
 from .run_directory import RunDirectory, last_checkpoint, saved_config
 from .schedule import LRSchedule
 
 
-def input_size_for(config: TrainConfig) -> int | None:
-    """The run's input size: ``config.input_size``, else the data's native size, zero-padded up (evenly) to the
-    model's minimum input size for in-memory data sets (e.g. GoogLeNet needs 31: Fashion-MNIST is padded to 32)."""
-    if config.input_size is not None or config.data not in TENSOR_SPECS or config.uses_factory:
-        return config.input_size  # a factory's model declares no minimum: the data's own size
-    native, needed = TENSOR_SPECS[config.data].input_size, model_info(config.model).min_input_size
-    return None if native >= needed else needed + (needed - native) % 2
-
-
-def constrained_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules of ``model`` with a ``constrain_()`` hook (e.g. every rank-1 layer), which the trainer calls
-    after the steps ``project_every``/``project_unit`` name and after the last step."""
-    return [m for m in model.modules() if callable(getattr(m, "constrain_", None))]
-
-
-class Trainer(DivergencePolicy):
+class Trainer(DivergencePolicy, PhaseSwitching):
     """Trains ``config.model`` on ``config.data``; ``fit()`` runs all remaining epochs.
 
     Use it as a context manager (or call :meth:`close`): it holds the run directory's lock, the
@@ -222,30 +198,6 @@ class Trainer(DivergencePolicy):
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-
-    def _switch_if_due(self) -> None:
-        """A run with a dense phase: measure its ranks and, when due, convert it and start a new optimizer (the
-        schedule goes on at the same step); see :mod:`.lowrank_phase`."""
-        c = self.config
-        if self.phase is None:
-            return
-        size = self.info["input_size"]  # a batch of the data, for timing each layer's training step
-        example = (c.batch_size, self.info["in_chans"], size, size) if c.dense_if_faster else None
-        auto = c.rank == "auto"
-        switched = before_epoch(
-            self.phase, self.model, c.lowrank, c.lowrank_options(), self.epoch, c.warmup_dense, auto, example
-        )
-        if switched is None:
-            return
-        model, report = switched
-        if report is not None:
-            self._place(model)
-            self.optimizer = self._make_optimizer()
-            self.schedule.rebind(self.optimizer)
-            self.best_acc = -1.0  # best.pt: the best low-rank epoch, not a dense warm-up one
-        message = switch_message(self.phase, report, c.lowrank)
-        if self.verbose and self.dist.is_main:
-            tqdm.write(message, file=sys.stdout)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
