@@ -138,13 +138,19 @@ resnet20's; resnet50's bottleneck through resnet50 and resnet50_lr; googlenet_lr
 composite conv like every other): only the slow tier compiles them."""
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if not n.startswith(DEEPER_TWINS)])
+DENSE_TWINS = ("resnet18", "resnet20", "resnet50", "googlenet")
+"""Dense models whose blocks are compiled here in their low-rank twin (the same block code, composite convs instead
+of ``nn.Conv2d``): only the slow tier compiles them."""
+SLOW_TWINS = [n for n in list_models() if n.startswith(DEEPER_TWINS) or n in DENSE_TWINS]
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n not in SLOW_TWINS])
 def test_torch_compile_captures_every_model(name):
     compiles_and_matches(name, "aot_eager")  # Dynamo + AOTAutograd, without code generation
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in list_models() if n.startswith(DEEPER_TWINS)])
+@pytest.mark.parametrize("name", SLOW_TWINS)
 def test_torch_compile_captures_the_deeper_twins(name):
     compiles_and_matches(name, "aot_eager")
 

@@ -10,7 +10,15 @@ from lowrankcnn.cli import main
 pytestmark = requires_fashion_mnist
 
 
-@pytest.mark.parametrize("model", ["vgg11_gmp_sf", "nin_c3_lr", "googlenet_lr", "kim_rank1_cifar10", "kim_flat_mnist"])
+SLOWEST_TO_LEARN = ("nin_c3_lr", "googlenet_lr")
+"""11-17 s each: only the slow tier trains them; the fast tier checks their recipes' init (``test_init.py``)."""
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["vgg11_gmp_sf", "kim_rank1_cifar10", "kim_flat_mnist"]
+    + [pytest.param(m, marks=pytest.mark.slow) for m in SLOWEST_TO_LEARN],
+)
 def test_default_recipe_learns(tmp_path, model):
     """2 epochs on 3,000 images at width 0.25, no training flags: well above chance (10%).
 
