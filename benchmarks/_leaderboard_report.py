@@ -198,6 +198,35 @@ def _verdicts(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _front(rows: list[Row], cost: Any) -> list[Row]:
+    """The Pareto front, cheapest first: each entry more accurate than every entry that costs no more."""
+    front: list[Row] = []
+    for r in sorted(rows, key=lambda r: (cost(r), -r.acc)):
+        if not front or r.acc > front[-1].acc:
+            front.append(r)
+    return front
+
+
+def _which_to_pick(rows: list[Row]) -> list[str]:
+    """Per budget, the entry to pick: the Pareto fronts of accuracy against MACs and against measured latency."""
+    lines = ["**Which to pick.** At each budget, the most accurate entry that costs no more (the Pareto front):"]
+    for what, cost, unit in (
+        ("MACs", lambda r: r.macs, lambda r: f"{r.macs / 1e6:.1f}M MACs"),
+        (
+            "measured PyTorch latency",
+            lambda r: 1 / r.timing["torch"]["speedup"],
+            lambda r: f"{r.timing['torch']['speedup']:.2f}x dense's speed",
+        ),
+    ):
+        steps = " → ".join(f"`{r.name}` {100 * r.acc:.2f}% at {unit(r)}" for r in _front(rows, cost))
+        lines.append(f"- by {what}: {steps}.")
+    lines.append(
+        "Every other entry is beaten on both accuracy and cost by one on the front; a step of the front smaller than "
+        "the seed noise above is not a real difference."
+    )
+    return lines
+
+
 def _goal(rows: list[Row]) -> str:
     dense = next(r for r in rows if r.name == "dense")
     ok = [
@@ -282,6 +311,8 @@ def report(entries: Sequence[Any], runs: Path, results: Path, command: str, thre
             table,
             "",
             *_verdicts(rows),
+            "",
+            *_which_to_pick(rows),
             "",
             _goal(rows),
             "",
