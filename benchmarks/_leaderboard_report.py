@@ -14,7 +14,7 @@ import torch
 
 from lowrankcnn import profile
 from lowrankcnn.errors import RunDirectoryError
-from lowrankcnn.measure import measure
+from lowrankcnn.measure import has_low_rank, measure
 from lowrankcnn.tables import markdown_table
 from lowrankcnn.timing import cpu_snapshot, noise_warning, other_cores
 from lowrankcnn.training import load_trained_model
@@ -34,6 +34,8 @@ class Row:
     macs: int
     epoch_s: float
     timing: dict[str, Any]
+    stayed_dense: bool = False
+    """A low-rank recipe whose rule kept every layer dense (e.g. Cuttlefish's timing): it trained the dense model."""
 
     @property
     def acc(self) -> float:
@@ -117,6 +119,7 @@ def _rows(entries: Sequence[Any], runs: Path, results: Path, threads: int | None
                 counts.macs,
                 statistics.median(r["epoch_time_s"] for r in histories[0]),
                 cache[entry.name],
+                entry.name != "dense" and not has_low_rank(model),
             )
         )
     return rows, missing
@@ -165,7 +168,7 @@ CLAIMS = (
     ("Ioannou: from scratch beats post-training decomposition (sf)", "sf", "posttrain_sf", "better"),
     ("Kim: 3-D rank-1 trains where consecutive 1-D fails", "rank1", "consecutive", "better"),
     ("Pufferfish: warm-up + SVD beats from-scratch low-rank", "pufferfish", "svd", "better"),
-    ("Cuttlefish: automatic rank beats fixed rank", "cuttlefish", "pufferfish", "better"),
+    ("Cuttlefish: automatic rank beats fixed rank", "cuttlefish_ranks", "pufferfish", "better"),
     ("Khodak: spectral init + Frobenius decay beats the composite init on sf", "sf_si_fd", "sf", "better"),
 )
 
@@ -183,6 +186,10 @@ def _verdicts(rows: list[Row]) -> list[str]:
     for claim, a, b, kind in CLAIMS:
         if a not in by or b not in by:
             lines.append(f"- **{claim}**: not yet measured ({a if a not in by else b} missing).")
+            continue
+        dense_form = [n for n in (a, b) if by[n].stayed_dense]
+        if dense_form:
+            lines.append(f"- **{claim}**: not testable here: {dense_form[0]}'s rule kept every layer dense.")
             continue
         diff = 100 * (by[a].acc - by[b].acc)
         within = abs(diff) <= 100 * noise
@@ -269,7 +276,7 @@ def report(entries: Sequence[Any], runs: Path, results: Path, command: str, thre
     body = [
         [
             r.name,
-            r.label,
+            r.label + (" (kept dense)" if r.stayed_dense else ""),
             f"{100 * r.acc:.2f}%" + (f" ±{50 * r.spread:.2f}" if len(r.accs) > 1 else ""),
             str(len(r.accs)),
             f"{r.params:,}",

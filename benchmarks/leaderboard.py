@@ -24,7 +24,7 @@ from typing import Any
 
 from lowrankcnn.training import TrainConfig, Trainer, load_checkpoint
 from lowrankcnn.training.decompose import decompose_run
-from lowrankcnn.training.lowrank_phase import PHASE_KEY
+from lowrankcnn.training.lowrank_phase import PHASE_KEY, LowRankPhase
 from lowrankcnn.training.reuse import train_or_reuse
 from lowrankcnn.training.run_directory import saved_config
 
@@ -97,6 +97,11 @@ ENTRIES = (
             "dense_if_faster": True,
             "frobenius_decay": WEIGHT_DECAY,
         },
+    ),
+    Entry(
+        "cuttlefish_ranks",
+        "Cuttlefish auto rank, MAC rule only, FD",
+        {"lowrank": "svd", "rank": "auto", "warmup_dense": 5, "frobenius_decay": WEIGHT_DECAY},
         headline=True,
     ),
     Entry("posttrain_sf", "post-training sf (7 dense + 3 fine-tune)", {"lowrank": "sf"}, post_train=True),
@@ -159,15 +164,22 @@ def train(
 
 def plan(only: list[str] | None, seeds: int, runs: Path) -> list[tuple[Entry, int]]:
     """Seed 0 of every entry (or of ``only``), the headline entries first, then the other seeds of the headline
-    entries and of the two best low-rank entries by seed-0 accuracy so far."""
+    entries and of the two best low-rank entries by seed-0 accuracy so far (not one whose rule kept it dense)."""
     chosen = [BY_NAME[n] for n in only] if only else list(ENTRIES)
     order = [(e, 0) for e in sorted(chosen, key=lambda e: not e.headline)]
     best = sorted(
-        (e for e in chosen if e.name != "dense" and finished(run_dir(e, 0, runs))),
+        (e for e in chosen if e.name != "dense" and finished(run_dir(e, 0, runs)) and not stayed_dense(e, runs)),
         key=lambda e: -final_accuracy(run_dir(e, 0, runs)),
     )[:2]
     extra = [e for e in chosen if e.headline or e in best]
     return order + [(e, s) for s in range(1, seeds) for e in extra]
+
+
+def stayed_dense(entry: Entry, runs: Path) -> bool:
+    """Whether seed 0 of ``entry`` switched but kept every layer dense (its rule found no layer worth converting):
+    a second seed of it says nothing about a low-rank method."""
+    phase = LowRankPhase.from_state(load_checkpoint(run_dir(entry, 0, runs) / "last.pt"), entry.name)
+    return phase is not None and phase.stays_dense
 
 
 def final_accuracy(path: Path) -> float:

@@ -159,6 +159,17 @@ def test_one_seed_equal_claim_is_unconfirmed():
     assert "unconfirmed" in line, line  # 4adb8d8: "does not hold" on one seed
 
 
+def test_a_claim_on_an_entry_its_rule_kept_dense_is_not_testable():
+    from _leaderboard_report import Row, _verdicts
+
+    rows = [
+        Row(n, n, [a, a], 1, 1, 1.0, {}, n == "cuttlefish_ranks")
+        for n, a in (("cuttlefish_ranks", 0.93), ("pufferfish", 0.91))
+    ]
+    line = next(v for v in _verdicts(rows) if "Cuttlefish" in v)
+    assert "not testable here: cuttlefish_ranks's rule kept every layer dense" in line, line
+
+
 def test_which_to_pick_lists_the_pareto_front_cheapest_first():
     from _leaderboard_report import Row, _front, _which_to_pick
 
