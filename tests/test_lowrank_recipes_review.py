@@ -179,8 +179,10 @@ def test_which_to_pick_lists_the_pareto_front_cheapest_first():
     rows = [row("dense", 0.93, 30, 1.0), row("lr", 0.92, 10, 1.3), row("bad", 0.91, 12, 0.9), row("tiny", 0.85, 5, 1.1)]
     assert [r.name for r in _front(rows, lambda r: r.macs)] == ["tiny", "lr", "dense"]  # bad: lr is cheaper and better
     assert [r.name for r in _front(rows, lambda r: 1 / r.timing["torch"]["speedup"])] == ["lr", "dense"]
-    by_latency = _which_to_pick(rows)[2]
+    kept_dense = Row("kept", "kept", [0.94], 1, 30, 1.0, {"torch": {"speedup": 0.99}}, True)
+    by_latency = _which_to_pick([*rows, kept_dense])[2]
     assert by_latency.startswith("- by measured PyTorch latency: `lr` 92.00% at 1.30x dense's speed → `dense`")
+    assert "kept" not in by_latency
 
 
 def test_leaderboard_does_not_reuse_a_finished_run_made_with_other_settings(tmp_path, capsys):
