@@ -10,10 +10,10 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
+from conftest import requires_fashion_mnist
 from test_torchvision_timm import INPUT_SHAPE, INPUT_SIZE, batch_norms, real_model, rel_err, sample_batch
 
 from lowrankcnn import deploy
@@ -26,8 +26,6 @@ from lowrankcnn.training.decompose import decompose_run
 
 RESNETS = ("torchvision.resnet18", "timm.resnet18")
 FACTORIES = ("interop_factories:torchvision_resnet18", "interop_factories:timm_resnet18")
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
-requires_data = pytest.mark.skipif(not os.path.exists(FASHION_MNIST), reason="apt-get install dataset-fashion-mnist")
 
 
 @pytest.mark.parametrize("name", [*RESNETS, "torchvision.vgg11_bn"])
@@ -72,7 +70,7 @@ RECIPES = {
 }
 
 
-@requires_data
+@requires_fashion_mnist
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("factory", FACTORIES)
 def test_warmup_recipes_train_a_users_torchvision_or_timm_resnet(factory, recipe, tmp_path):
@@ -91,7 +89,7 @@ def test_warmup_recipes_train_a_users_torchvision_or_timm_resnet(factory, recipe
         assert set(phase["ranks"]) | set(phase["dense_layers"]) == set(phase["init_ranks"])
 
 
-@requires_data
+@requires_fashion_mnist
 def test_decompose_a_trained_torchvision_resnet_then_fine_tune(tmp_path):
     with Trainer(small_run(tmp_path / "dense", FACTORIES[0], epochs=2), progress=False) as trainer:
         dense_acc = trainer.fit()[-1]["test_acc"]
