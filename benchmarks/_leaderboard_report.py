@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,7 +205,7 @@ def _verdicts(rows: list[Row]) -> list[str]:
     return lines
 
 
-def _front(rows: list[Row], cost: Any) -> list[Row]:
+def _front(rows: list[Row], cost: Callable[[Row], float]) -> list[Row]:
     """The Pareto front, cheapest first: each entry more accurate than every entry that costs no more."""
     front: list[Row] = []
     for r in sorted(rows, key=lambda r: (cost(r), -r.acc)):
