@@ -301,8 +301,8 @@ def report(entries: Sequence[Any], runs: Path, results: Path, command: str, thre
             "",
             "Trained by (resumable; a finished run with the same settings is reused):",
             "",
-            "```sh\npython benchmarks/leaderboard.py train --shard 0/2 --threads 1 &\n"
-            "python benchmarks/leaderboard.py train --shard 1/2 --threads 1 &\n```",
+            "```sh\npython benchmarks/leaderboard.py train --threads 1 &   # two workers share the plan\n"
+            "python benchmarks/leaderboard.py train --threads 1 &\n```",
             "",
             "Reported by (timings interleaved with the dense model, on a quiet machine):",
             "",

@@ -4,10 +4,10 @@
 each entry is the dense model converted by ``lowrankcnn.convert`` with one method and recipe (stem conv dense).
 Runs are resumable and a finished run is reused, so the board fills in over several sittings:
 
-    python benchmarks/leaderboard.py train            # seed 0 of every entry, then seed 1 of the headline ones
+    python benchmarks/leaderboard.py train            # both seeds of the headline entries, then the rest
     python benchmarks/leaderboard.py train --only dense pufferfish
-    python benchmarks/leaderboard.py train --shard 0/2 --threads 1 &   # two runs at a time on 2 cores
-    python benchmarks/leaderboard.py train --shard 1/2 --threads 1 &
+    python benchmarks/leaderboard.py train --threads 1 &   # two workers on 2 cores: each takes the next run of
+    python benchmarks/leaderboard.py train --threads 1 &   # the plan that the other does not hold
     python benchmarks/leaderboard.py report           # latency (interleaved vs dense), table, plots, verdicts
 
 ``report`` writes ``results/leaderboard/`` from whatever runs have finished (missing ones are listed).
@@ -22,11 +22,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lowrankcnn.errors import RunDirectoryError
 from lowrankcnn.training import TrainConfig, Trainer, load_checkpoint
 from lowrankcnn.training.decompose import decompose_run
 from lowrankcnn.training.lowrank_phase import PHASE_KEY, LowRankPhase
 from lowrankcnn.training.reuse import train_or_reuse
-from lowrankcnn.training.run_directory import saved_config
+from lowrankcnn.training.run_directory import RunDirectory, saved_config
 
 BACKBONE, EPOCHS, LR, BATCH = "resnet20", 10, 0.05, 128
 WEIGHT_DECAY = 5e-4
@@ -113,6 +114,11 @@ def run_dir(entry: Entry, seed: int, runs: Path = RUNS) -> Path:
     return runs / f"{entry.name}_s{seed}"
 
 
+def post_train_dense_dir(seed: int, runs: Path = RUNS) -> Path:
+    """The shorter dense run the post-training entries decompose."""
+    return runs / f"dense_e{POST_TRAIN_DENSE_EPOCHS}_s{seed}"
+
+
 def finished(path: Path) -> bool:
     """Whether the run in ``path`` trained all its epochs (its metrics have as many rows as its config's epochs)."""
     try:
@@ -129,7 +135,7 @@ def train_post(entry: Entry, seed: int, runs: Path, quick: dict[str, Any]) -> No
     dense = replace(
         BY_NAME["dense"].config(seed, runs, **quick),
         epochs=POST_TRAIN_DENSE_EPOCHS,
-        out=str(runs / f"dense_e{POST_TRAIN_DENSE_EPOCHS}_s{seed}"),
+        out=str(post_train_dense_dir(seed, runs)),
     )
     train_or_reuse(dense, progress=False)
     out = run_dir(entry, seed, runs)
@@ -152,27 +158,53 @@ def train(
     entry: Entry, seed: int, runs: Path = RUNS, quick: dict[str, Any] | None = None, threads: int | None = None
 ) -> None:
     """Bring one entry's run to its epochs: reused if finished with these settings, resumed if not, refused if the
-    folder holds a run made with other settings (``train_or_reuse``). ``threads`` applies to a new run (a run keeps
-    the thread count it started with: it is part of its settings)."""
+    folder holds a run made with other settings (``train_or_reuse``), skipped if another worker is training it.
+    ``threads`` applies to a new run (a run keeps the thread count it started with: it is part of its settings)."""
     print(f"{entry.name} seed {seed}", flush=True)
     new = {} if threads is None or (run_dir(entry, seed, runs) / "config.json").is_file() else {"threads": threads}
-    if entry.post_train:
-        train_post(entry, seed, runs, {**(quick or {}), **new})
-    else:
-        train_or_reuse(entry.config(seed, runs, **(quick or {}), **new), progress=False)
+    try:
+        if entry.post_train:
+            train_post(entry, seed, runs, {**(quick or {}), **new})
+        else:
+            train_or_reuse(entry.config(seed, runs, **(quick or {}), **new), progress=False)
+    except RunDirectoryError:
+        folders = [run_dir(entry, seed, runs)] + ([post_train_dense_dir(seed, runs)] if entry.post_train else [])
+        if not any(held_by_another_process(folder) for folder in folders):
+            raise
+        print(f"{entry.name} seed {seed}: another worker is training it; skipped", flush=True)
+
+
+def held_by_another_process(folder: Path) -> bool:
+    """Whether another process holds the lock of the run in ``folder`` (a folder that does not exist is not held)."""
+    if not folder.is_dir():
+        return False
+    run = RunDirectory(folder)
+    try:
+        run.lock()
+    except RunDirectoryError:
+        return True
+    run.unlock()
+    return False
 
 
 def plan(only: list[str] | None, seeds: int, runs: Path) -> list[tuple[Entry, int]]:
-    """Seed 0 of every entry (or of ``only``), the headline entries first, then the other seeds of the headline
-    entries and of the two best low-rank entries by seed-0 accuracy so far (not one whose rule kept it dense)."""
+    """The order of the board (the issue: "the second seed for dense and the top entries first"): runs already
+    started, then every seed of the headline entries, then seed 0 of the others, then the other seeds of the two best
+    low-rank entries by seed-0 accuracy so far (not one whose rule kept it dense)."""
     chosen = [BY_NAME[n] for n in only] if only else list(ENTRIES)
-    order = [(e, 0) for e in sorted(chosen, key=lambda e: not e.headline)]
+    headline = [(e, s) for s in range(seeds) for e in chosen if e.headline]
+    others = [(e, 0) for e in chosen if not e.headline]
     best = sorted(
         (e for e in chosen if e.name != "dense" and finished(run_dir(e, 0, runs)) and not stayed_dense(e, runs)),
         key=lambda e: -final_accuracy(run_dir(e, 0, runs)),
     )[:2]
-    extra = [e for e in chosen if e.headline or e in best]
-    return order + [(e, s) for s in range(1, seeds) for e in extra]
+    order = headline + others + [(e, s) for s in range(1, seeds) for e in best if not e.headline]
+    started = [
+        (e, s)
+        for e, s in order
+        if (run_dir(e, s, runs) / "config.json").is_file() and not finished(run_dir(e, s, runs))
+    ]
+    return started + [run for run in order if run not in started]
 
 
 def stayed_dense(entry: Entry, runs: Path) -> bool:
@@ -199,12 +231,6 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads of new runs, and for timing (default: all cores)"
     )
-    parser.add_argument(
-        "--shard",
-        default="0/1",
-        help="K/N: train only every N-th run of the plan, from the K-th (N processes share the machine, e.g. two "
-        "with --threads 1 on 2 cores)",
-    )
     parser.add_argument("--train-subset", type=int, help="a quick check of the script: the first N training images")
     parser.add_argument("--test-subset", type=int, help="a quick check: the first N test images")
     args = parser.parse_args()
@@ -212,10 +238,8 @@ def main() -> None:
     args.runs = args.runs or (QUICK_RUNS if quick_check else RUNS)
     if args.phase == "train":
         quick = {k: v for k, v in (("train_subset", args.train_subset), ("test_subset", args.test_subset)) if v}
-        k, n = (int(v) for v in args.shard.split("/"))
-        for i, (entry, seed) in enumerate(plan(args.only, args.seeds, args.runs)):
-            if i % n == k:
-                train(entry, seed, args.runs, quick, args.threads)
+        for entry, seed in plan(args.only, args.seeds, args.runs):
+            train(entry, seed, args.runs, quick, args.threads)
         return
     from _leaderboard_report import report
 

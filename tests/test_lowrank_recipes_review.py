@@ -196,6 +196,37 @@ def test_leaderboard_does_not_reuse_a_finished_run_made_with_other_settings(tmp_
     assert "reused" not in capsys.readouterr().out
 
 
+def test_leaderboard_plan_resumes_started_runs_then_trains_both_seeds_of_the_headline_entries(tmp_path):
+    import leaderboard
+
+    _fake_run(tmp_path / "bsconv_s0", 10, [0.5] * 3)  # started, 3 of 10 epochs done
+    order = [(e.name, s) for e, s in leaderboard.plan(None, 2, tmp_path)]
+    headline = [(n, s) for s in (0, 1) for n in ("dense", "lr", "pufferfish", "cuttlefish_ranks")]
+    assert order[: 1 + len(headline)] == [("bsconv", 0), *headline]
+    assert order[1 + len(headline) :] == [
+        (e.name, 0) for e in leaderboard.ENTRIES if not e.headline and e.name != "bsconv"
+    ]
+
+
+def test_a_leaderboard_worker_skips_the_run_another_worker_is_training(tmp_path, capsys):
+    import subprocess
+
+    import leaderboard
+
+    folder = tmp_path / "dense_s0"
+    hold = "from lowrankcnn.training.run_directory import RunDirectory as R; import sys, time; r = R(sys.argv[1]); "
+    hold += "r.lock(); print('locked', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        leaderboard.train(leaderboard.BY_NAME["dense"], 0, tmp_path, {"train_subset": 64, "test_subset": 64})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "another worker is training it; skipped" in capsys.readouterr().out
+    assert not leaderboard.held_by_another_process(folder)  # the lock went with its process
+
+
 # --- 7, 8. decompose: --threads was ignored; --out SOURCE --overwrite deleted the source run ------------------------
 @pytest.fixture(scope="module")
 def dense_run(tmp_path_factory):
