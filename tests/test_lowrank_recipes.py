@@ -291,6 +291,15 @@ def test_dense_if_faster_keeps_the_layers_timing_chose_and_rebuilds_them(tmp_pat
         tiny_config(tmp_path / "x", lowrank="svd", dense_if_faster=True).validate()
 
 
+@requires_fashion_mnist
+def test_train_says_when_its_rule_kept_every_layer_dense(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(layer_timing, "fastest", lambda fns, repeats, device, fallback: ("dense", {}, ""))
+    argv = ["train", "--model", "resnet20", "--width-mult", "0.5", "--lowrank", "svd", "--warmup-dense", "1"]
+    argv += ["--dense-if-faster", "--epochs", "2", "--train-subset", "128", "--test-subset", "64"]
+    assert main([*argv, "--threads", "1", "--out", str(tmp_path / "run")]) == 0
+    assert "done: resnet20+svd (kept dense: no layer was worth converting), 2 epochs" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "entry, message",
     [

@@ -137,8 +137,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         history = trainer.fit()
         if main and history:
             best = max(r["test_acc"] for r in history)
+            kept_dense = trainer.phase is not None and trainer.phase.stays_dense
+            label = trainer.config.model_label + (" (kept dense: no layer was worth converting)" if kept_dense else "")
             print(
-                f"done: {trainer.config.model_label}, {len(history)} epochs, "
+                f"done: {label}, {len(history)} epochs, "
                 f"final test acc {history[-1]['test_acc']:.4f}, "
                 f"best {best:.4f}; checkpoints in {where}"
             )
