@@ -320,13 +320,18 @@ def low_rank_layers(model: nn.Module) -> list[LowRankConv2d]:
     return found
 
 
-def _check_options(cls: type[LowRankConv2d], options: Mapping[str, object]) -> None:
-    """A ``ConfigError`` naming every option ``cls._from_spec`` does not take."""
+def layer_options(cls: type[LowRankConv2d]) -> list[str] | None:
+    """The options ``cls._from_spec`` takes (its keyword-only parameters), sorted; ``None`` if it takes any."""
     params = inspect.signature(cls._from_spec).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    accepted = sorted(p.name for p in params if p.kind is p.KEYWORD_ONLY)
-    unknown = sorted(set(options) - set(accepted))
+        return None
+    return sorted(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+
+
+def _check_options(cls: type[LowRankConv2d], options: Mapping[str, object]) -> None:
+    """A ``ConfigError`` naming every option ``cls._from_spec`` does not take."""
+    accepted = layer_options(cls)
+    unknown = [] if accepted is None else sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(
             f"{cls.__name__}: unknown option(s) {', '.join(unknown)}; it takes {', '.join(accepted) or 'none'}"

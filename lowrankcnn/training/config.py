@@ -8,7 +8,6 @@ registered default recipe, so every model family has settings that learn.
 
 from __future__ import annotations
 
-import inspect
 import math
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -17,6 +16,7 @@ from typing import Any, Literal
 from ..convert import ConvertMethod
 from ..data.loaders import TENSOR_SPECS
 from ..errors import ConfigError
+from ..layers.base import layer_options
 from ..layers.factory import LAYERS
 from ..models import ModelSpec, model_info
 from ..models.spec import conversion_options, is_factory_path
@@ -292,8 +292,10 @@ def _check_layer_options(method: str, options: dict[str, Any]) -> None:
     """``lowrank_kwargs`` may only hold ``method``'s layer options (``_from_spec``'s keywords, not ``convert``'s)."""
     if method not in LAYERS:
         return  # an unknown method is reported by the model spec
-    params = inspect.signature(LAYERS[method][0]._from_spec).parameters.values()
-    accepted = sorted(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "align")
+    accepted = layer_options(LAYERS[method][0])
+    if accepted is None:
+        return
+    accepted = [name for name in accepted if name != "align"]  # ``convert`` sets it
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(
