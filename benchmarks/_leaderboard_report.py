@@ -85,9 +85,13 @@ def _time(name: str, model: torch.nn.Module, dense: torch.nn.Module, threads: in
     return result
 
 
-def _rows(entries: Sequence[Any], runs: Path, results: Path, threads: int | None) -> tuple[list[Row], list[str]]:
+def _rows(
+    entries: Sequence[Any], runs: Path, results: Path, threads: int | None, retime: bool
+) -> tuple[list[Row], list[str]]:
+    """One row per entry with a finished run; an entry is timed again if its or dense's checkpoint changed since
+    ``timings.json`` was written, or with ``retime``."""
     cache_path = results / "timings.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() and not retime else {}
     dense_runs = _finished_runs(runs, "dense")
     if not dense_runs:
         raise SystemExit(f"no finished dense run in {runs}: train it first (leaderboard.py train --only dense)")
@@ -258,9 +262,18 @@ def _goal(rows: list[Row]) -> str:
     )
 
 
-def report(entries: Sequence[Any], runs: Path, results: Path, command: str, threads: int | None, recipe: str) -> None:
+def report(
+    entries: Sequence[Any],
+    runs: Path,
+    results: Path,
+    command: str,
+    threads: int | None,
+    recipe: str,
+    retime: bool = False,
+) -> None:
+    """Write ``results/README.md`` (table, verdicts, picks), the plots and ``timings.json`` from the finished runs."""
     results.mkdir(parents=True, exist_ok=True)
-    rows, missing = _rows(entries, runs, results, threads)
+    rows, missing = _rows(entries, runs, results, threads, retime)
     dense = next(r for r in rows if r.name == "dense")
     head = (
         "entry",

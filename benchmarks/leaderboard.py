@@ -9,6 +9,7 @@ Runs are resumable and a finished run is reused, so the board fills in over seve
     python benchmarks/leaderboard.py train --threads 1 &   # two workers on 2 cores: each takes the next run of
     python benchmarks/leaderboard.py train --threads 1 &   # the plan that the other does not hold
     python benchmarks/leaderboard.py report           # latency (interleaved vs dense), table, plots, verdicts
+    python benchmarks/leaderboard.py report --retime  # time every entry again (cached timings otherwise)
 
 ``report`` writes ``results/leaderboard/`` from whatever runs have finished (missing ones are listed).
 """
@@ -231,6 +232,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads of new runs, and for timing (default: all cores)"
     )
+    parser.add_argument(
+        "--retime", action="store_true", help="report: time every entry again (default: only new or changed ones)"
+    )
     parser.add_argument("--train-subset", type=int, help="a quick check of the script: the first N training images")
     parser.add_argument("--test-subset", type=int, help="a quick check: the first N test images")
     args = parser.parse_args()
@@ -248,7 +252,7 @@ def main() -> None:
         f"lr {LR} with momentum 0.9, cosine schedule, weight decay {WEIGHT_DECAY}, random crop + flip, seeds 0 and 1; "
         "every conv but the stem converted by the entry's method"
     )
-    report(ENTRIES, args.runs, args.results, " ".join(["python", *sys.argv]), args.threads, recipe)
+    report(ENTRIES, args.runs, args.results, " ".join(["python", *sys.argv]), args.threads, recipe, args.retime)
 
 
 if __name__ == "__main__":

@@ -236,6 +236,18 @@ def dense_run(tmp_path_factory):
     return out
 
 
+def test_leaderboard_report_times_an_entry_once_unless_asked_to_retime(tmp_path, dense_run, monkeypatch):
+    import _leaderboard_report as board
+    import leaderboard
+
+    shutil.copytree(dense_run, tmp_path / "runs" / "dense_s0")
+    timed = []
+    monkeypatch.setattr(board, "_time", lambda name, *a: timed.append(name) or {"noise": ""})
+    for retime in (False, False, True):
+        rows, missing = board._rows([leaderboard.BY_NAME["dense"]], tmp_path / "runs", tmp_path / "out", 1, retime)
+    assert timed == ["dense", "dense"] and [r.name for r in rows] == ["dense"] and not missing
+
+
 def decompose_argv(source, out, *extra):
     return ["decompose", "--checkpoint", str(source), "--method", "svd", "--out", str(out), *extra]
 
