@@ -172,7 +172,7 @@ CLAIMS = (
     ("Ioannou: from scratch beats post-training decomposition (sf)", "sf", "posttrain_sf", "better"),
     ("Kim: 3-D rank-1 trains where consecutive 1-D fails", "rank1", "consecutive", "better"),
     ("Pufferfish: warm-up + SVD beats from-scratch low-rank", "pufferfish", "svd", "better"),
-    ("Cuttlefish: automatic rank beats fixed rank", "cuttlefish_ranks", "pufferfish", "better"),
+    ("Cuttlefish: automatic rank beats fixed rank at equal MACs", "cuttlefish_ranks", "fixed_ranks", "better"),
     ("Khodak: spectral init + Frobenius decay beats the composite init on sf", "sf_si_fd", "sf", "better"),
 )
 

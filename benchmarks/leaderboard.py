@@ -37,6 +37,9 @@ POST_TRAIN_DENSE_EPOCHS = 7
 FINE_TUNE_LR = 0.01
 PUFFERFISH_KEEP = ["layer1.0.*"]
 """Pufferfish keeps the stem and the first residual block dense (its CIFAR ResNet-18 code)."""
+FIXED_RANK_RATIO = 0.75
+"""``fixed_ranks``: one channel rank ratio for every layer, giving the MACs that ``cuttlefish_ranks``' automatic ranks
+gave on seed 0 (25.85M vs 25.97M), so that Cuttlefish's claim is tested at equal MACs with the same recipe."""
 RUNS = Path("runs/leaderboard")
 RESULTS = Path("results/leaderboard")
 QUICK_RUNS = Path("runs/leaderboard_quick")
@@ -105,6 +108,11 @@ ENTRIES = (
         "Cuttlefish auto rank, MAC rule only, FD",
         {"lowrank": "svd", "rank": "auto", "warmup_dense": 5, "frobenius_decay": WEIGHT_DECAY},
         headline=True,
+    ),
+    Entry(
+        "fixed_ranks",
+        "fixed channel rank 3/4, cuttlefish_ranks' MACs, FD",
+        {"lowrank": "svd", "rank_ratio": FIXED_RANK_RATIO, "warmup_dense": 5, "frobenius_decay": WEIGHT_DECAY},
     ),
     Entry("posttrain_sf", "post-training sf (7 dense + 3 fine-tune)", {"lowrank": "sf"}, post_train=True),
 )

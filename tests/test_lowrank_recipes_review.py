@@ -164,10 +164,23 @@ def test_a_claim_on_an_entry_its_rule_kept_dense_is_not_testable():
 
     rows = [
         Row(n, n, [a, a], 1, 1, 1.0, {}, n == "cuttlefish_ranks")
-        for n, a in (("cuttlefish_ranks", 0.93), ("pufferfish", 0.91))
+        for n, a in (("cuttlefish_ranks", 0.93), ("fixed_ranks", 0.91))
     ]
     line = next(v for v in _verdicts(rows) if "Cuttlefish" in v)
     assert "not testable here: cuttlefish_ranks's rule kept every layer dense" in line, line
+
+
+def test_cuttlefish_claim_compares_with_a_fixed_rank_run_of_the_same_recipe_and_macs():
+    import leaderboard
+
+    from lowrankcnn.models import create_model
+    from lowrankcnn.profiling import profile
+
+    auto, fixed = (leaderboard.BY_NAME[n].config(0) for n in ("cuttlefish_ranks", "fixed_ranks"))
+    differs = {k for k, v in auto.to_dict().items() if fixed.to_dict()[k] != v}
+    assert differs == {"rank", "rank_ratio", "out"}, differs
+    model, _ = convert(create_model("resnet20", num_classes=10, in_chans=1), method="svd", rank_ratio=fixed.rank_ratio)
+    assert abs(profile(model, (1, 28, 28)).macs / 25_968_288 - 1) < 0.01  # cuttlefish_ranks seed 0's MACs
 
 
 def test_which_to_pick_lists_the_pareto_front_cheapest_first():
