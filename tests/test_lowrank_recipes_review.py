@@ -159,6 +159,18 @@ def test_one_seed_equal_claim_is_unconfirmed():
     assert "unconfirmed" in line, line  # 4adb8d8: "does not hold" on one seed
 
 
+@pytest.mark.parametrize(
+    "consecutive, verdict",
+    [(0.909, "does not hold here: consecutive trains too (the +0.30 pp gap: one seed"), (0.50, ": holds.")],
+)
+def test_kims_claim_is_about_failing_to_train_not_a_small_gap(consecutive, verdict):
+    from _leaderboard_report import Row, _verdicts
+
+    rows = [Row(n, n, [a], 1, 1, 1.0, {}) for n, a in (("rank1", 0.912), ("consecutive", consecutive))]
+    line = next(v for v in _verdicts(rows) if "Kim" in v)
+    assert verdict in line, line
+
+
 def test_a_claim_on_an_entry_its_rule_kept_dense_is_not_testable():
     from _leaderboard_report import Row, _verdicts
 
