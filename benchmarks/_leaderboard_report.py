@@ -14,10 +14,11 @@ import torch
 
 from lowrankcnn import profile
 from lowrankcnn.errors import RunDirectoryError
-from lowrankcnn.measure import has_low_rank, measure
+from lowrankcnn.measure import measure
 from lowrankcnn.tables import markdown_table
 from lowrankcnn.timing import cpu_snapshot, noise_warning, other_cores
 from lowrankcnn.training import load_trained_model
+from lowrankcnn.training.checkpoint import stayed_dense
 from lowrankcnn.training.metrics import read_metrics
 from lowrankcnn.utils import atomic_write_bytes, atomic_write_text
 
@@ -123,7 +124,7 @@ def _rows(
                 counts.macs,
                 statistics.median(r["epoch_time_s"] for r in histories[0]),
                 cache[entry.name],
-                entry.name != "dense" and not has_low_rank(model),
+                stayed_dense(paths[0] / "last.pt"),
             )
         )
     return rows, missing

@@ -25,8 +25,9 @@ from typing import Any
 
 from lowrankcnn.errors import RunDirectoryError
 from lowrankcnn.training import TrainConfig, Trainer, load_checkpoint
+from lowrankcnn.training.checkpoint import stayed_dense
 from lowrankcnn.training.decompose import decompose_run
-from lowrankcnn.training.lowrank_phase import PHASE_KEY, LowRankPhase
+from lowrankcnn.training.lowrank_phase import PHASE_KEY
 from lowrankcnn.training.reuse import train_or_reuse
 from lowrankcnn.training.run_directory import RunDirectory, saved_config
 
@@ -204,7 +205,11 @@ def plan(only: list[str] | None, seeds: int, runs: Path) -> list[tuple[Entry, in
     headline = [(e, s) for s in range(seeds) for e in chosen if e.headline]
     others = [(e, 0) for e in chosen if not e.headline]
     best = sorted(
-        (e for e in chosen if e.name != "dense" and finished(run_dir(e, 0, runs)) and not stayed_dense(e, runs)),
+        (
+            e
+            for e in chosen
+            if e.name != "dense" and finished(run_dir(e, 0, runs)) and not stayed_dense(run_dir(e, 0, runs) / "last.pt")
+        ),
         key=lambda e: -final_accuracy(run_dir(e, 0, runs)),
     )[:2]
     order = headline + others + [(e, s) for s in range(1, seeds) for e in best if not e.headline]
@@ -214,13 +219,6 @@ def plan(only: list[str] | None, seeds: int, runs: Path) -> list[tuple[Entry, in
         if (run_dir(e, s, runs) / "config.json").is_file() and not finished(run_dir(e, s, runs))
     ]
     return started + [run for run in order if run not in started]
-
-
-def stayed_dense(entry: Entry, runs: Path) -> bool:
-    """Whether seed 0 of ``entry`` switched but kept every layer dense (its rule found no layer worth converting):
-    a second seed of it says nothing about a low-rank method."""
-    phase = LowRankPhase.from_state(load_checkpoint(run_dir(entry, 0, runs) / "last.pt"), entry.name)
-    return phase is not None and phase.stays_dense
 
 
 def final_accuracy(path: Path) -> float:

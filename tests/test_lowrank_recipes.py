@@ -14,6 +14,7 @@ from lowrankcnn.layers import ChannelRankConv2d, LowRankConv2d, SeparableConv2d
 from lowrankcnn.layers.init import spectral_init_
 from lowrankcnn.training import TrainConfig, Trainer, layer_timing, load_checkpoint, load_trained_model, lowrank_phase
 from lowrankcnn.training.auto_rank import mean_slope, scaled_rank, settled, stable_rank
+from lowrankcnn.training.checkpoint import stayed_dense
 from lowrankcnn.training.decompose import decompose_run
 from lowrankcnn.training.frobenius import decay_groups, frobenius_penalty
 from lowrankcnn.training.layer_timing import input_shapes
@@ -284,6 +285,7 @@ def test_dense_if_faster_keeps_the_layers_timing_chose_and_rebuilds_them(tmp_pat
     phase = load_checkpoint(tmp_path / "run" / "last.pt")[PHASE_KEY]
     assert sorted(phase["timed_dense"]) == sorted(layer3) and set(layer3) <= set(phase["dense_layers"])
     assert set(phase["low_rank_layers"]) == set(timed) - set(layer3)
+    assert not stayed_dense(tmp_path / "run" / "last.pt")  # only layer3 stayed dense
     model, _, _ = load_trained_model(tmp_path / "run" / "last.pt")
     for name in timed:
         assert isinstance(model.get_submodule(name), ChannelRankConv2d) == (name not in layer3), name
@@ -298,6 +300,7 @@ def test_train_says_when_its_rule_kept_every_layer_dense(tmp_path, monkeypatch, 
     argv += ["--dense-if-faster", "--epochs", "2", "--train-subset", "128", "--test-subset", "64"]
     assert main([*argv, "--threads", "1", "--out", str(tmp_path / "run")]) == 0
     assert "done: resnet20+svd (kept dense: no layer was worth converting), 2 epochs" in capsys.readouterr().out
+    assert stayed_dense(tmp_path / "run" / "last.pt")
 
 
 @pytest.mark.parametrize(

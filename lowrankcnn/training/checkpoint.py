@@ -78,6 +78,17 @@ def load_checkpoint(path: str | Path, *, for_resume: bool = False) -> dict[str, 
     return state
 
 
+def stayed_dense(path: str | Path) -> bool:
+    """Whether the run saved in checkpoint ``path`` switched to low rank but kept every layer dense (its rule, e.g.
+    automatic ranks or ``dense_if_faster``, found no layer worth converting): it trained the dense model.
+
+    Raises:
+        CheckpointError: ``path`` is missing, corrupt or not a lowrankcnn checkpoint.
+    """
+    phase = LowRankPhase.from_state(load_checkpoint(path), path)
+    return phase is not None and phase.stays_dense
+
+
 def _require(cond: bool, path: Path, what: str) -> None:
     if not cond:
         raise CheckpointError(f"{path} is not a checkpoint written by lowrankcnn: {what}")
