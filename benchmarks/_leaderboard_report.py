@@ -30,7 +30,8 @@ SHAPE = (1, 28, 28)
 class Row:
     name: str
     label: str
-    accs: list[float]
+    accs: dict[int, float]
+    """Final test accuracy by seed."""
     params: int
     macs: int
     epoch_s: float
@@ -40,18 +41,20 @@ class Row:
 
     @property
     def acc(self) -> float:
-        return statistics.mean(self.accs)
+        return statistics.mean(self.accs.values())
 
     @property
     def spread(self) -> float:
         """Max - min test accuracy over the seeds (0 with one seed)."""
-        return max(self.accs) - min(self.accs)
+        return max(self.accs.values()) - min(self.accs.values())
 
 
-def _finished_runs(runs: Path, name: str) -> list[Path]:
-    found = []
+def _finished_runs(runs: Path, name: str) -> dict[int, Path]:
+    """The finished runs of entry ``name`` in ``runs``, by seed."""
+    found = {}
     for path in sorted(runs.glob(f"{name}_s*")):
-        if not re.fullmatch(rf"{re.escape(name)}_s\d+", path.name):
+        match = re.fullmatch(rf"{re.escape(name)}_s(\d+)", path.name)
+        if not match:
             continue  # sf_s* also matches sf_si_fd_s0
         try:
             config = json.loads((path / "config.json").read_text())
@@ -59,7 +62,7 @@ def _finished_runs(runs: Path, name: str) -> list[Path]:
         except (OSError, ValueError, RunDirectoryError):  # a run just started has no metrics yet
             continue
         if done:
-            found.append(path)
+            found[int(match.group(1))] = path
     return found
 
 
@@ -87,47 +90,70 @@ def _time(name: str, model: torch.nn.Module, dense: torch.nn.Module, threads: in
 
 
 def _rows(
-    entries: Sequence[Any], runs: Path, results: Path, threads: int | None, retime: bool
-) -> tuple[list[Row], list[str]]:
-    """One row per entry with a finished run; an entry is timed again if its or dense's checkpoint changed since
-    ``timings.json`` was written, or with ``retime``."""
+    entries: Sequence[Any], runs: Path, results: Path, threads: int | None, retime: bool, quick: dict[str, Any]
+) -> tuple[list[Row], list[str], list[str]]:
+    """One row per entry with a finished run of its settings (``entry.differences``), the entries missing, and notes
+    (runs left out for other settings, MACs that differ between seeds). An entry is timed again when its or dense's
+    checkpoint, or the timing setup, changed since ``timings.json`` was written, or with ``retime``."""
     cache_path = results / "timings.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() and not retime else {}
-    dense_runs = _finished_runs(runs, "dense")
-    if not dense_runs:
-        raise SystemExit(f"no finished dense run in {runs}: train it first (leaderboard.py train --only dense)")
-    dense_model, _, _ = load_trained_model(dense_runs[0] / "last.pt")
-    rows, missing = [], []
+    setup = [threads, INFER_BATCH, TRAIN_BATCH, REPEATS, torch.__version__, _ort_version()]
+    rows, missing, notes = [], [], []
+    valid = {}
     for entry in entries:
-        paths = _finished_runs(runs, entry.name)
+        valid[entry.name] = {}
+        for seed, path in _finished_runs(runs, entry.name).items():
+            differs = entry.differences(seed, runs, **quick)
+            if differs:
+                notes.append(f"{path} left out: made with other settings ({'; '.join(differs)}).")
+            else:
+                valid[entry.name][seed] = path
+    if not valid.get("dense"):
+        raise SystemExit(f"no finished dense run in {runs}: train it first (leaderboard.py train --only dense)")
+    dense_path = valid["dense"][min(valid["dense"])]
+    for entry in entries:
+        paths = valid[entry.name]
         if not paths:
             missing.append(entry.name)
             continue
-        for path in paths:  # the per-run record, committed: settings and per-epoch metrics
+        for path in paths.values():  # the per-run record, committed: settings and per-epoch metrics
             for name in ("config.json", "metrics.csv"):
                 atomic_write_text(results / "runs" / path.name / name, (path / name).read_text())
-        model, _, _ = load_trained_model(paths[0] / "last.pt")
-        counts = profile(model, SHAPE)
-        histories = [read_metrics(p) for p in paths]
-        stamp = [str(p / "last.pt") for p in (paths[0], dense_runs[0])]
-        stamp += [(p / "last.pt").stat().st_mtime_ns for p in (paths[0], dense_runs[0])]
-        if cache.get(entry.name, {}).get("checkpoints") != stamp:  # timed again when either model changed
+        first = paths[min(paths)]
+        models = {seed: load_trained_model(path / "last.pt")[0] for seed, path in paths.items()}
+        counts = {seed: profile(model, SHAPE) for seed, model in models.items()}
+        macs = {seed: c.macs for seed, c in counts.items()}
+        if max(macs.values()) > 1.02 * min(macs.values()):
+            notes.append(f"{entry.name}: MACs differ between seeds ({', '.join(f'{m:,}' for m in macs.values())}).")
+        histories = {seed: read_metrics(path) for seed, path in paths.items()}
+        stamp = [str(p / "last.pt") for p in (first, dense_path)]
+        stamp += [(p / "last.pt").stat().st_mtime_ns for p in (first, dense_path)] + setup
+        if cache.get(entry.name, {}).get("checkpoints") != stamp:
             print(f"timing {entry.name} against dense", flush=True)
-            cache[entry.name] = {**_time(entry.name, model, dense_model, threads), "checkpoints": stamp}
+            dense_model = load_trained_model(dense_path / "last.pt")[0]
+            cache[entry.name] = {**_time(entry.name, models[min(paths)], dense_model, threads), "checkpoints": stamp}
             atomic_write_text(cache_path, json.dumps(cache, indent=2) + "\n")
         rows.append(
             Row(
                 entry.name,
                 entry.label,
-                [h[-1]["test_acc"] for h in histories],
-                counts.params,
-                counts.macs,
-                statistics.median(r["epoch_time_s"] for r in histories[0]),
+                {seed: history[-1]["test_acc"] for seed, history in histories.items()},
+                counts[min(paths)].params,
+                macs[min(paths)],
+                statistics.median(r["epoch_time_s"] for r in histories[min(paths)]),
                 cache[entry.name],
-                stayed_dense(paths[0] / "last.pt"),
+                any(stayed_dense(path / "last.pt") for path in paths.values()),
             )
         )
-    return rows, missing
+    return rows, missing, notes
+
+
+def _ort_version() -> str | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
 
 
 def _plots(rows: list[Row], results: Path) -> None:
@@ -150,7 +176,7 @@ def _plots(rows: list[Row], results: Path) -> None:
             ax.errorbar(
                 x(r),
                 100 * r.acc,
-                yerr=[[100 * (r.acc - min(r.accs))], [100 * (max(r.accs) - r.acc)]],
+                yerr=[[100 * (r.acc - min(r.accs.values()))], [100 * (max(r.accs.values()) - r.acc)]],
                 fmt="o",
                 color="black" if r.name == "dense" else "tab:blue",
                 capsize=3,
@@ -167,8 +193,9 @@ def _plots(rows: list[Row], results: Path) -> None:
         atomic_write_bytes(results / f"pareto_{key}.png", lambda f, fig=fig: fig.savefig(f, format="png", dpi=120))
 
 
-FAILS_TO_TRAIN = 0.05
-"""A "trains where X fails" claim holds when X ends this far (5 pp) or more below: a failure, not a small gap."""
+TRAINED = 0.5
+"""A run that ends below this test accuracy (5x chance on the 10 classes) did not train: what a "trains where X
+fails" claim is about, rather than a small gap."""
 CLAIMS = (
     ("Ioannou: lr ≈ lr_join", "lr", "lr_join", "equal"),
     ("Ioannou: lr_wfull beats dense", "lr_wfull", "dense", "better"),
@@ -181,12 +208,13 @@ CLAIMS = (
 
 
 def _verdicts(rows: list[Row]) -> list[str]:
+    """One line per claim: the two entries' mean accuracy over the seeds both have (paired), and the verdict."""
     by = {r.name: r for r in rows}
     spreads = [r.spread for r in rows if len(r.accs) > 1]
     noise = max(spreads, default=0.0)
     lines = [
         f"Seed noise: the largest max-min spread of any entry with 2+ seeds is {100 * noise:.2f} pp; a difference "
-        "no larger than that is called within noise."
+        "no larger than that is called within noise. Each claim compares the two entries on the seeds both have."
         if spreads
         else "Seed noise: not measured yet (one seed per entry), so no difference below can be called significant."
     ]
@@ -198,18 +226,29 @@ def _verdicts(rows: list[Row]) -> list[str]:
         if dense_form:
             lines.append(f"- **{claim}**: not testable here: {dense_form[0]}'s rule kept every layer dense.")
             continue
-        diff = 100 * (by[a].acc - by[b].acc)
+        seeds = sorted(set(by[a].accs) & set(by[b].accs))
+        if not seeds:
+            lines.append(f"- **{claim}**: not yet measured ({a} and {b} share no seed).")
+            continue
+        acc_a, acc_b = (statistics.mean(by[n].accs[s] for s in seeds) for n in (a, b))
+        diff = 100 * (acc_a - acc_b)
         within = abs(diff) <= 100 * noise
         mac = f"MACs {by[a].macs / 1e6:.1f}M vs {by[b].macs / 1e6:.1f}M"
-        accs = f"{100 * by[a].acc:.2f}% vs {100 * by[b].acc:.2f}% ({diff:+.2f} pp, {mac})"
+        on = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+        accs = f"{100 * acc_a:.2f}% vs {100 * acc_b:.2f}% on {on} ({diff:+.2f} pp, {mac})"
+        one_seed = len(seeds) == 1
         if kind == "trains":  # a failure to train is no small gap: judged without the seed noise
-            gap = ("within" if within else "beyond") + " seed noise" if spreads else "one seed, no noise estimate yet"
-            fails = by[a].acc - by[b].acc >= FAILS_TO_TRAIN
-            verdict = "holds" if fails else f"does not hold here: {b} trains too (the {diff:+.2f} pp gap: {gap})"
-        elif not spreads:
-            verdict = "one seed, no noise estimate yet: unconfirmed"
+            gap = "one seed" if one_seed else ("within" if within else "beyond") + " seed noise"
+            if acc_a < TRAINED:
+                verdict = f"not testable here: {a} itself does not train (below {TRAINED:.0%})"
+            elif acc_b < TRAINED:
+                verdict = f"holds: {b} does not train (below {TRAINED:.0%})"
+            else:
+                verdict = f"does not hold here: {b} trains too (the {diff:+.2f} pp gap: {gap})"
+        elif one_seed or not spreads:
+            verdict = "one shared seed: unconfirmed"
         elif kind == "equal":
-            verdict = "holds" if within else "does not hold"
+            verdict = "holds (no difference beyond seed noise)" if within else "does not hold"
         else:
             verdict = "within seed noise" if within else ("holds" if diff > 0 else "does not hold")
         lines.append(f"- **{claim}**: {accs}: {verdict}.")
@@ -277,10 +316,12 @@ def report(
     threads: int | None,
     recipe: str,
     retime: bool = False,
+    quick: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``results/README.md`` (table, verdicts, picks), the plots and ``timings.json`` from the finished runs."""
+    """Write ``results/README.md`` (table, verdicts, picks), the plots and ``timings.json`` from the finished runs
+    (``quick``: the subsets of a quick check's runs)."""
     results.mkdir(parents=True, exist_ok=True)
-    rows, missing = _rows(entries, runs, results, threads, retime)
+    rows, missing, notes = _rows(entries, runs, results, threads, retime, quick or {})
     dense = next(r for r in rows if r.name == "dense")
     head = (
         "entry",
@@ -299,7 +340,7 @@ def report(
         [
             r.name,
             r.label + (" (kept dense)" if r.stayed_dense else ""),
-            f"{100 * r.acc:.2f}%" + (f" ±{50 * r.spread:.2f}" if len(r.accs) > 1 else ""),
+            f"{100 * r.acc:.2f}%" + (f" ±{100 * r.spread / 2:.2f}" if len(r.accs) > 1 else ""),
             str(len(r.accs)),
             f"{r.params:,}",
             f"{r.macs:,}",
@@ -348,6 +389,7 @@ def report(
             *[f"Timing warning, {r.name}: {r.timing['noise']}." for r in rows if r.timing.get("noise")],
             "",
             *([f"Not finished yet: {', '.join(missing)}.", ""] if missing else []),
+            *([*notes, ""] if notes else []),
             "![accuracy vs MACs](pareto_macs.png)",
             "",
             "![accuracy vs latency](pareto_latency.png)",

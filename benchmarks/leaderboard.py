@@ -21,15 +21,15 @@ import json
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from lowrankcnn.errors import RunDirectoryError
+from lowrankcnn.errors import RunDirectoryBusy
 from lowrankcnn.training import TrainConfig, Trainer, load_checkpoint
 from lowrankcnn.training.checkpoint import stayed_dense
 from lowrankcnn.training.decompose import decompose_run
 from lowrankcnn.training.lowrank_phase import PHASE_KEY
-from lowrankcnn.training.reuse import train_or_reuse
-from lowrankcnn.training.run_directory import RunDirectory, saved_config
+from lowrankcnn.training.reuse import config_differences, train_or_reuse
+from lowrankcnn.training.run_directory import saved_config
 
 BACKBONE, EPOCHS, LR, BATCH = "resnet20", 10, 0.05, 128
 WEIGHT_DECAY = 5e-4
@@ -69,6 +69,25 @@ class Entry:
             seed=seed,
         )
         return replace(base, **self.settings, **quick)
+
+    def differences(self, seed: int, runs: Path = RUNS, **quick: Any) -> list[str]:
+        """What differs between the run of ``seed`` in ``runs`` (it has a checkpoint) and this entry's settings
+        (``"lr 0.05 -> 0.02"``); empty if it is this entry's run. A post-training run must also come from its
+        dense run."""
+        path = run_dir(self, seed, runs)
+        saved = saved_config(path)
+        if not self.post_train:
+            wanted = self.config(seed, runs, **quick)
+            epochs = [] if saved.epochs == wanted.epochs else [f"epochs {saved.epochs} -> {wanted.epochs}"]
+            return config_differences(saved, wanted) + epochs
+        wanted = {"lowrank": self.settings["lowrank"], "epochs": EPOCHS - POST_TRAIN_DENSE_EPOCHS, "lr": FINE_TUNE_LR}
+        wanted.update(seed=seed, train_subset=quick.get("train_subset"), test_subset=quick.get("test_subset"))
+        found = [f"{k} {getattr(saved, k)!r} -> {v!r}" for k, v in wanted.items() if getattr(saved, k) != v]
+        source = load_checkpoint(path / "last.pt").get(PHASE_KEY, {}).get("source")
+        dense = post_train_dense_dir(seed, runs) / "last.pt"
+        if source is None or Path(source).resolve() != dense.resolve():
+            found.append(f"decomposed from {source}, not {dense}")
+        return found
 
 
 ENTRIES = (
@@ -139,68 +158,79 @@ def finished(path: Path) -> bool:
     return len(rows) >= config["epochs"]
 
 
-def train_post(entry: Entry, seed: int, runs: Path, quick: dict[str, Any]) -> None:
+def new_run_threads(folder: Path, threads: int | None) -> dict[str, Any]:
+    """``{"threads": threads}`` for a run not begun in ``folder`` (no checkpoint yet); nothing for one to resume,
+    which keeps the thread count it started with (part of its settings)."""
+    return {} if threads is None or (folder / "last.pt").is_file() else {"threads": threads}
+
+
+def train_post(entry: Entry, seed: int, runs: Path, quick: dict[str, Any], threads: int | None) -> None:
     """Dense for ``POST_TRAIN_DENSE_EPOCHS``, decomposed (``decompose_run``), fine-tuned for the rest; a decomposed
-    run already there is reused only if it comes from that dense run with these settings."""
-    dense = replace(
-        BY_NAME["dense"].config(seed, runs, **quick),
-        epochs=POST_TRAIN_DENSE_EPOCHS,
-        out=str(post_train_dense_dir(seed, runs)),
-    )
-    train_or_reuse(dense, progress=False)
+    run already there is resumed only if it comes from that dense run with these settings."""
+    folder = post_train_dense_dir(seed, runs)
+    dense = replace(BY_NAME["dense"].config(seed, runs, **quick), epochs=POST_TRAIN_DENSE_EPOCHS, out=str(folder))
+    train_or_reuse(replace(dense, **new_run_threads(folder, threads)), progress=False)
     out = run_dir(entry, seed, runs)
-    method, epochs = entry.settings["lowrank"], EPOCHS - POST_TRAIN_DENSE_EPOCHS
     if (out / "last.pt").is_file():
-        saved = saved_config(out)
-        source = load_checkpoint(out / "last.pt").get(PHASE_KEY, {}).get("source")
-        wanted = {"lowrank": method, "epochs": epochs, "lr": FINE_TUNE_LR, "seed": seed}
-        wanted.update(train_subset=quick.get("train_subset"), test_subset=quick.get("test_subset"))
-        differs = [k for k, v in wanted.items() if getattr(saved, k) != v]
-        if source != str(Path(dense.out) / "last.pt") or differs:
-            raise SystemExit(f"{out} holds another decomposed run ({differs or 'source'} differ); move it away")
+        differs = entry.differences(seed, runs, **quick)
+        if differs:
+            raise SystemExit(f"{out} holds another decomposed run ({'; '.join(differs)}); move it away")
     else:
-        decompose_run(dense.out, method, out, epochs=epochs, lr=FINE_TUNE_LR)
+        method, epochs = entry.settings["lowrank"], EPOCHS - POST_TRAIN_DENSE_EPOCHS
+        decompose_run(folder, method, out, epochs=epochs, lr=FINE_TUNE_LR, threads=threads)
     with Trainer.resume(out, progress=False) as trainer:
         trainer.fit()
 
 
+Outcome = Literal["reused", "trained", "skipped"]
+
+
 def train(
     entry: Entry, seed: int, runs: Path = RUNS, quick: dict[str, Any] | None = None, threads: int | None = None
-) -> None:
+) -> Outcome:
     """Bring one entry's run to its epochs: reused if finished with these settings, resumed if not, refused if the
-    folder holds a run made with other settings (``train_or_reuse``), skipped if another worker is training it.
-    ``threads`` applies to a new run (a run keeps the thread count it started with: it is part of its settings)."""
+    folder holds a run made with other settings, skipped if another worker is training it. ``threads`` applies to a
+    new run (a run keeps the thread count it started with)."""
+    quick = quick or {}
+    if finished(run_dir(entry, seed, runs)):
+        differs = entry.differences(seed, runs, **quick)
+        if differs:
+            raise SystemExit(f"{run_dir(entry, seed, runs)} holds a run made with other settings: {'; '.join(differs)}")
+        return "reused"
     print(f"{entry.name} seed {seed}", flush=True)
-    new = {} if threads is None or (run_dir(entry, seed, runs) / "config.json").is_file() else {"threads": threads}
     try:
         if entry.post_train:
-            train_post(entry, seed, runs, {**(quick or {}), **new})
+            train_post(entry, seed, runs, quick, threads)
         else:
-            train_or_reuse(entry.config(seed, runs, **(quick or {}), **new), progress=False)
-    except RunDirectoryError:
-        folders = [run_dir(entry, seed, runs)] + ([post_train_dense_dir(seed, runs)] if entry.post_train else [])
-        if not any(held_by_another_process(folder) for folder in folders):
-            raise
+            config = entry.config(seed, runs, **quick, **new_run_threads(run_dir(entry, seed, runs), threads))
+            train_or_reuse(config, progress=False)
+    except RunDirectoryBusy:
         print(f"{entry.name} seed {seed}: another worker is training it; skipped", flush=True)
+        return "skipped"
+    return "trained"
 
 
-def held_by_another_process(folder: Path) -> bool:
-    """Whether another process holds the lock of the run in ``folder`` (a folder that does not exist is not held)."""
-    if not folder.is_dir():
-        return False
-    run = RunDirectory(folder)
-    try:
-        run.lock()
-    except RunDirectoryError:
-        return True
-    run.unlock()
-    return False
+def work(only: list[str] | None, seeds: int, runs: Path, quick: dict[str, Any], threads: int | None) -> None:
+    """Train the plan's runs in order, planning again after each (a finished run can change the best entries), until
+    every run is finished or held by another worker."""
+    skipped: set[tuple[str, int]] = set()
+    while True:
+        for entry, seed in plan(only, seeds, runs):
+            if (entry.name, seed) in skipped:
+                continue
+            outcome = train(entry, seed, runs, quick, threads)
+            if outcome == "skipped":
+                skipped.add((entry.name, seed))
+            elif outcome == "trained":
+                break
+        else:
+            return
 
 
 def plan(only: list[str] | None, seeds: int, runs: Path) -> list[tuple[Entry, int]]:
     """The order of the board (the issue: "the second seed for dense and the top entries first"): runs already
-    started, then every seed of the headline entries, then seed 0 of the others, then the other seeds of the two best
-    low-rank entries by seed-0 accuracy so far (not one whose rule kept it dense)."""
+    started, then every seed of the headline entries, then seed 0 of the others, then the other seeds of the two most
+    accurate other entries by seed 0 so far (not one whose rule kept it dense)."""
     chosen = [BY_NAME[n] for n in only] if only else list(ENTRIES)
     headline = [(e, s) for s in range(seeds) for e in chosen if e.headline]
     others = [(e, 0) for e in chosen if not e.headline]
@@ -208,11 +238,11 @@ def plan(only: list[str] | None, seeds: int, runs: Path) -> list[tuple[Entry, in
         (
             e
             for e in chosen
-            if e.name != "dense" and finished(run_dir(e, 0, runs)) and not stayed_dense(run_dir(e, 0, runs) / "last.pt")
+            if not e.headline and finished(run_dir(e, 0, runs)) and not stayed_dense(run_dir(e, 0, runs) / "last.pt")
         ),
         key=lambda e: -final_accuracy(run_dir(e, 0, runs)),
     )[:2]
-    order = headline + others + [(e, s) for s in range(1, seeds) for e in best if not e.headline]
+    order = headline + others + [(e, s) for s in range(1, seeds) for e in best]
     started = [
         (e, s)
         for e, s in order
@@ -246,10 +276,9 @@ def main() -> None:
     args = parser.parse_args()
     quick_check = bool(args.train_subset or args.test_subset)
     args.runs = args.runs or (QUICK_RUNS if quick_check else RUNS)
+    quick = {k: v for k, v in (("train_subset", args.train_subset), ("test_subset", args.test_subset)) if v}
     if args.phase == "train":
-        quick = {k: v for k, v in (("train_subset", args.train_subset), ("test_subset", args.test_subset)) if v}
-        for entry, seed in plan(args.only, args.seeds, args.runs):
-            train(entry, seed, args.runs, quick, args.threads)
+        work(args.only, args.seeds, args.runs, quick, args.threads)
         return
     from _leaderboard_report import report
 
@@ -258,7 +287,8 @@ def main() -> None:
         f"lr {LR} with momentum 0.9, cosine schedule, weight decay {WEIGHT_DECAY}, random crop + flip, seeds 0 and 1; "
         "every conv but the stem converted by the entry's method"
     )
-    report(ENTRIES, args.runs, args.results, " ".join(["python", *sys.argv]), args.threads, recipe, args.retime)
+    command = " ".join(["python", *sys.argv])
+    report(ENTRIES, args.runs, args.results, command, args.threads, recipe, args.retime, quick)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,10 @@ class RunDirectoryError(LowRankCNNError, RuntimeError):
     """A run directory that already holds another run, or is in use by another process."""
 
 
+class RunDirectoryBusy(RunDirectoryError):
+    """A run directory whose lock another process (or another ``Trainer`` of this one) holds: it is training there."""
+
+
 class OutputError(LowRankCNNError, OSError):
     """A file that cannot be written (disk full, read-only, a directory in the way); nothing was left behind."""
 
@@ -119,6 +123,7 @@ __all__ = [
     "LowRankCNNError",
     "MissingDependencyError",
     "OutputError",
+    "RunDirectoryBusy",
     "RunDirectoryError",
     "ShapeError",
     "TrainingDiverged",

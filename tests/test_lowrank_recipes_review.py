@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from lowrankcnn.convert import convert
 from lowrankcnn.errors import CheckpointError, ConfigError
 from lowrankcnn.layers import LowRankConv2d
 from lowrankcnn.training import TrainConfig, Trainer, load_checkpoint, load_trained_model
+from lowrankcnn.training.decompose import decompose_run
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -148,34 +150,42 @@ def test_report_does_not_mix_sf_with_sf_si_fd(tmp_path):
 
     _fake_run(tmp_path / "sf_s0", 1, [0.8])
     _fake_run(tmp_path / "sf_si_fd_s0", 1, [0.9])
-    assert [p.name for p in _finished_runs(tmp_path, "sf")] == ["sf_s0"]
+    assert {seed: p.name for seed, p in _finished_runs(tmp_path, "sf").items()} == {0: "sf_s0"}
 
 
 def test_one_seed_equal_claim_is_unconfirmed():
     from _leaderboard_report import Row, _verdicts
 
-    rows = [Row(n, n, [a], 1, 1, 1.0, {}) for n, a in (("lr", 0.900), ("lr_join", 0.901))]
+    rows = [Row(n, n, {0: a}, 1, 1, 1.0, {}) for n, a in (("lr", 0.900), ("lr_join", 0.901))]
     line = next(v for v in _verdicts(rows) if "lr ≈ lr_join" in v)
     assert "unconfirmed" in line, line  # 4adb8d8: "does not hold" on one seed
 
 
 @pytest.mark.parametrize(
     "consecutive, verdict",
-    [(0.909, "does not hold here: consecutive trains too (the +0.30 pp gap: one seed"), (0.50, ": holds.")],
+    [(0.909, "does not hold here: consecutive trains too (the +0.30 pp gap: one seed)"), (0.2, ": holds: consecutive")],
 )
 def test_kims_claim_is_about_failing_to_train_not_a_small_gap(consecutive, verdict):
     from _leaderboard_report import Row, _verdicts
 
-    rows = [Row(n, n, [a], 1, 1, 1.0, {}) for n, a in (("rank1", 0.912), ("consecutive", consecutive))]
+    rows = [Row(n, n, {0: a}, 1, 1, 1.0, {}) for n, a in (("rank1", 0.912), ("consecutive", consecutive))]
     line = next(v for v in _verdicts(rows) if "Kim" in v)
     assert verdict in line, line
+
+
+def test_a_claim_compares_two_entries_on_the_seeds_both_have():
+    from _leaderboard_report import Row, _verdicts
+
+    rows = [Row("lr", "lr", {0: 0.90, 1: 0.92}, 1, 1, 1.0, {}), Row("lr_join", "lr_join", {0: 0.91}, 1, 1, 1.0, {})]
+    line = next(v for v in _verdicts(rows) if "lr ≈ lr_join" in v)
+    assert "90.00% vs 91.00% on seed 0 (-1.00 pp" in line and "one shared seed: unconfirmed" in line, line
 
 
 def test_a_claim_on_an_entry_its_rule_kept_dense_is_not_testable():
     from _leaderboard_report import Row, _verdicts
 
     rows = [
-        Row(n, n, [a, a], 1, 1, 1.0, {}, n == "cuttlefish_ranks")
+        Row(n, n, {0: a, 1: a}, 1, 1, 1.0, {}, n == "cuttlefish_ranks")
         for n, a in (("cuttlefish_ranks", 0.93), ("fixed_ranks", 0.91))
     ]
     line = next(v for v in _verdicts(rows) if "Cuttlefish" in v)
@@ -199,26 +209,15 @@ def test_which_to_pick_lists_the_pareto_front_cheapest_first():
     from _leaderboard_report import Row, _front, _which_to_pick
 
     def row(name, acc, macs, speedup):
-        return Row(name, name, [acc], 1, macs, 1.0, {"torch": {"speedup": speedup}})
+        return Row(name, name, {0: acc}, 1, macs, 1.0, {"torch": {"speedup": speedup}})
 
     rows = [row("dense", 0.93, 30, 1.0), row("lr", 0.92, 10, 1.3), row("bad", 0.91, 12, 0.9), row("tiny", 0.85, 5, 1.1)]
     assert [r.name for r in _front(rows, lambda r: r.macs)] == ["tiny", "lr", "dense"]  # bad: lr is cheaper and better
     assert [r.name for r in _front(rows, lambda r: 1 / r.timing["torch"]["speedup"])] == ["lr", "dense"]
-    kept_dense = Row("kept", "kept", [0.94], 1, 30, 1.0, {"torch": {"speedup": 0.99}}, True)
+    kept_dense = Row("kept", "kept", {0: 0.94}, 1, 30, 1.0, {"torch": {"speedup": 0.99}}, True)
     by_latency = _which_to_pick([*rows, kept_dense])[2]
     assert by_latency.startswith("- by measured PyTorch latency: `lr` 92.00% at 1.30x dense's speed → `dense`")
     assert "kept" not in by_latency
-
-
-def test_leaderboard_does_not_reuse_a_finished_run_made_with_other_settings(tmp_path, capsys):
-    import leaderboard
-
-    quick = leaderboard.BY_NAME["dense"].config(0, tmp_path, train_subset=256).to_dict()
-    epochs = quick.pop("epochs")
-    _fake_run(tmp_path / "dense_s0", epochs, [0.5] * epochs, **quick)  # a finished --train-subset 256 quick run
-    with pytest.raises(Exception):  # noqa: B017 - a refusal (RunDirectoryError) or a retrain, never "reused"
-        leaderboard.train(leaderboard.BY_NAME["dense"], 0, tmp_path)  # full data wanted
-    assert "reused" not in capsys.readouterr().out
 
 
 def test_leaderboard_plan_resumes_started_runs_then_trains_both_seeds_of_the_headline_entries(tmp_path):
@@ -244,12 +243,20 @@ def test_a_leaderboard_worker_skips_the_run_another_worker_is_training(tmp_path,
     holder = subprocess.Popen([sys.executable, "-c", hold, str(folder)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        leaderboard.train(leaderboard.BY_NAME["dense"], 0, tmp_path, {"train_subset": 64, "test_subset": 64})
+        outcome = leaderboard.train(leaderboard.BY_NAME["dense"], 0, tmp_path, {"train_subset": 64, "test_subset": 64})
     finally:
         holder.kill()
         holder.wait()
-    assert "another worker is training it; skipped" in capsys.readouterr().out
-    assert not leaderboard.held_by_another_process(folder)  # the lock went with its process
+    assert outcome == "skipped" and "another worker is training it; skipped" in capsys.readouterr().out
+
+
+def test_a_new_run_takes_the_workers_threads_and_a_begun_one_keeps_its_own(tmp_path):
+    import leaderboard
+
+    (tmp_path / "config.json").write_text("{}")  # killed in its first epoch: nothing to resume, it starts anew
+    assert leaderboard.new_run_threads(tmp_path, 1) == {"threads": 1}  # was: none, so 2 threads beside a worker
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert leaderboard.new_run_threads(tmp_path, 1) == {}
 
 
 # --- 7, 8. decompose: --threads was ignored; --out SOURCE --overwrite deleted the source run ------------------------
@@ -263,14 +270,52 @@ def dense_run(tmp_path_factory):
 
 def test_leaderboard_report_times_an_entry_once_unless_asked_to_retime(tmp_path, dense_run, monkeypatch):
     import _leaderboard_report as board
-    import leaderboard
 
     shutil.copytree(dense_run, tmp_path / "runs" / "dense_s0")
+    dense = SimpleNamespace(name="dense", label="dense", differences=lambda seed, runs, **quick: [])
     timed = []
     monkeypatch.setattr(board, "_time", lambda name, *a: timed.append(name) or {"noise": ""})
-    for retime in (False, False, True):
-        rows, missing = board._rows([leaderboard.BY_NAME["dense"]], tmp_path / "runs", tmp_path / "out", 1, retime)
-    assert timed == ["dense", "dense"] and [r.name for r in rows] == ["dense"] and not missing
+    for retime, threads in ((False, 1), (False, 1), (True, 1), (False, 2)):  # 2 threads: another timing setup
+        rows, missing, _ = board._rows([dense], tmp_path / "runs", tmp_path / "out", threads, retime, {})
+    assert timed == ["dense"] * 3 and [r.name for r in rows] == ["dense"] and not missing
+
+
+def test_leaderboard_leaves_out_a_run_made_with_other_settings(tmp_path, dense_run, monkeypatch):
+    import _leaderboard_report as board
+    import leaderboard
+
+    runs = tmp_path / "runs"
+    shutil.copytree(dense_run, runs / "dense_s0")
+    shutil.copytree(dense_run, runs / "lr_s0")  # a tiny dense run where lr's run belongs
+    dense = SimpleNamespace(name="dense", label="dense", differences=lambda seed, runs, **quick: [])
+    monkeypatch.setattr(board, "_time", lambda *a: {"noise": ""})
+    rows, missing, notes = board._rows([dense, leaderboard.BY_NAME["lr"]], runs, tmp_path / "out", 1, False, {})
+    assert missing == ["lr"] and len(notes) == 1 and "lr_s0 left out: made with other settings (" in notes[0]
+    assert "lowrank None -> 'lr'" in notes[0], notes[0]
+    with pytest.raises(SystemExit, match="holds a run made with other settings"):
+        leaderboard.train(leaderboard.BY_NAME["lr"], 0, runs)  # never reused
+
+
+def test_the_extra_seeds_go_to_the_two_best_entries_that_are_not_headline_ones(tmp_path, dense_run):
+    import leaderboard
+
+    for name, acc in (("cuttlefish_ranks", 0.94), ("sf", 0.93), ("lr_wfull", 0.92), ("rank1", 0.90)):
+        shutil.copytree(dense_run, tmp_path / f"{name}_s0")
+        (tmp_path / f"{name}_s0" / "metrics.jsonl").write_text(json.dumps({"test_acc": acc}) + "\n")
+    order = [(e.name, s) for e, s in leaderboard.plan(None, 2, tmp_path)]
+    assert order[-2:] == [("sf", 1), ("lr_wfull", 1)]  # was: only sf (cuttlefish_ranks took a place)
+
+
+def test_a_post_training_run_is_recognised_whatever_form_its_folder_was_given_in(tmp_path, dense_run, monkeypatch):
+    import leaderboard
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(dense_run, tmp_path / "runs" / "dense_e7_s1")
+    decompose_run(tmp_path / "runs" / "dense_e7_s1", "sf", Path("runs") / "posttrain_sf_s1", epochs=3, lr=0.01)
+    quick = {"train_subset": 256, "test_subset": 128}
+    entry = leaderboard.BY_NAME["posttrain_sf"]
+    assert entry.differences(1, Path("runs"), **quick) == []
+    assert entry.differences(1, tmp_path / "runs", **quick) == []  # was: "another decomposed run"
 
 
 def decompose_argv(source, out, *extra):

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..errors import RunDirectoryError
+from ..errors import RunDirectoryBusy, RunDirectoryError
 from ..utils import atomic_write_text
 from ..utils.io import describe_os_error
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -90,7 +90,8 @@ class RunDirectory:
         """Create the folder if needed and hold its lock until :meth:`unlock` (or the process ends).
 
         Raises:
-            RunDirectoryError: another process holds the lock (its PID is named), or the path is not a folder.
+            RunDirectoryBusy: another process holds the lock (its PID is named).
+            RunDirectoryError: the path is not a folder, or cannot be locked.
         """
         if self._lock_file is not None:
             return
@@ -110,7 +111,7 @@ class RunDirectory:
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise RunDirectoryError(f"cannot lock {self.path}: {describe_os_error(err)}") from err
             who = "this process (close the other Trainer first)" if holder == str(os.getpid()) else f"PID {holder}"
-            raise RunDirectoryError(
+            raise RunDirectoryBusy(
                 f"{self.path} is in use by another training run ({who}); wait for it to finish, or give another $out"
             ) from None
         lock_file.truncate(0)
