@@ -102,9 +102,15 @@ def setup(device: torch.device, timeout_s: float = 300.0) -> DistInfo:
     return info
 
 
-def teardown() -> None:
-    """Leave the process group (a no-op without one)."""
+def teardown(synchronize: bool = True) -> None:
+    """Leave the process group (a no-op without one); with ``synchronize``, once every rank has come here (a rank
+    that destroys the group while a peer still talks to it can abort that peer, in gloo's threads)."""
     if dist.is_initialized():
+        if synchronize:
+            try:
+                dist.barrier()
+            except RuntimeError:  # a peer already gone: leave anyway
+                pass
         dist.destroy_process_group()
 
 

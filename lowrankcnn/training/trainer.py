@@ -105,7 +105,7 @@ class Trainer(DivergencePolicy, PhaseSwitching):
                 if self.dist.is_main:
                     self.repaired = self.run.reconcile(self._state())
         except BaseException:
-            self.close()
+            self.close(clean=False)
             raise
 
     @classmethod
@@ -353,7 +353,7 @@ class Trainer(DivergencePolicy, PhaseSwitching):
                     self.run.commit_epoch(self._state(), is_best)
                     self._log(row)
         except BaseException:
-            self.close()
+            self.close(clean=False)
             raise
         return self.history
 
@@ -367,15 +367,17 @@ class Trainer(DivergencePolicy, PhaseSwitching):
                 file=sys.stdout,
             )
 
-    def close(self) -> None:
-        """Leave the process group, release the run directory and restore the thread count (idempotent)."""
+    def close(self, clean: bool = True) -> None:
+        """Leave the process group (``clean``: after the other ranks reach this point too, so that none tears its
+        connections down while another still uses them; not after an error, when a rank may be gone), release the
+        run directory and restore the thread count (idempotent)."""
         self._closed = True
-        teardown()
+        teardown(synchronize=clean)
         self.run.unlock()
         torch.set_num_threads(self._threads_before)
 
     def __enter__(self) -> Trainer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(clean=exc_type is None)
