@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 from collections.abc import Callable, Sequence
@@ -156,6 +157,22 @@ def _ort_version() -> str | None:
     return onnxruntime.__version__
 
 
+def _labels_below(rows: list[Row], x: Callable[[Row], float]) -> set[str]:
+    """Entries whose label goes below their point: each one close (in the plot's log-x, linear-y frame) to a point
+    to its left whose label stays above, where the two labels would overlap."""
+    span_x = math.log(max(map(x, rows)) / min(map(x, rows))) or 1.0
+    span_y = (max(r.acc for r in rows) - min(r.acc for r in rows)) or 1.0
+    above: list[Row] = []
+    below = set()
+    for r in sorted(rows, key=x):
+        near = any(math.log(x(r) / x(o)) / span_x < 0.12 and abs(r.acc - o.acc) / span_y < 0.05 for o in above)
+        if near:
+            below.add(r.name)
+        else:
+            above.append(r)
+    return below
+
+
 def _plots(rows: list[Row], results: Path) -> None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import ScalarFormatter
@@ -172,6 +189,7 @@ def _plots(rows: list[Row], results: Path) -> None:
     ):
         fig = Figure(figsize=(8, 5.5))
         ax = fig.subplots()
+        below = _labels_below(rows, x)
         for r in rows:
             ax.errorbar(
                 x(r),
@@ -181,7 +199,8 @@ def _plots(rows: list[Row], results: Path) -> None:
                 color="black" if r.name == "dense" else "tab:blue",
                 capsize=3,
             )
-            ax.annotate(r.name, (x(r), 100 * r.acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            offset = (5, -11) if r.name in below else (5, 4)
+            ax.annotate(r.name, (x(r), 100 * r.acc), textcoords="offset points", xytext=offset, fontsize=8)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(ScalarFormatter())

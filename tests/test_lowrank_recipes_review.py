@@ -205,6 +205,15 @@ def test_cuttlefish_claim_compares_with_a_fixed_rank_run_of_the_same_recipe_and_
     assert abs(profile(model, (1, 28, 28)).macs / 25_968_288 - 1) < 0.01  # cuttlefish_ranks seed 0's MACs
 
 
+def test_pareto_plot_puts_the_label_of_a_crowded_point_below_it():
+    from _leaderboard_report import Row, _labels_below
+
+    rows = [
+        Row(n, n, {0: a}, 1, m, 1.0, {}) for n, a, m in (("sf", 0.9303, 21.8), ("cr", 0.9300, 26.0), ("x", 0.91, 5))
+    ]
+    assert _labels_below(rows, lambda r: r.macs) == {"cr"}  # sf's and cr's labels would overlap; x is far away
+
+
 def test_which_to_pick_lists_the_pareto_front_cheapest_first():
     from _leaderboard_report import Row, _front, _which_to_pick
 
