@@ -112,6 +112,7 @@ def _rows(
     if not valid.get("dense"):
         raise SystemExit(f"no finished dense run in {runs}: train it first (leaderboard.py train --only dense)")
     dense_path = valid["dense"][min(valid["dense"])]
+    dense_model = load_trained_model(dense_path / "last.pt")[0]
     for entry in entries:
         paths = valid[entry.name]
         if not paths:
@@ -120,30 +121,29 @@ def _rows(
         for path in paths.values():  # the per-run record, committed: settings and per-epoch metrics
             for name in ("config.json", "metrics.csv"):
                 atomic_write_text(results / "runs" / path.name / name, (path / name).read_text())
-        first = paths[min(paths)]
-        models = {seed: load_trained_model(path / "last.pt")[0] for seed, path in paths.items()}
-        counts = {seed: profile(model, SHAPE) for seed, model in models.items()}
+        first = min(paths)
+        loaded = {seed: load_trained_model(path / "last.pt") for seed, path in paths.items()}
+        counts = {seed: profile(model, SHAPE) for seed, (model, _, _) in loaded.items()}
         macs = {seed: c.macs for seed, c in counts.items()}
         if max(macs.values()) > 1.02 * min(macs.values()):
             notes.append(f"{entry.name}: MACs differ between seeds ({', '.join(f'{m:,}' for m in macs.values())}).")
         histories = {seed: read_metrics(path) for seed, path in paths.items()}
-        stamp = [str(p / "last.pt") for p in (first, dense_path)]
-        stamp += [(p / "last.pt").stat().st_mtime_ns for p in (first, dense_path)] + setup
+        stamp = [str(p / "last.pt") for p in (paths[first], dense_path)]
+        stamp += [(p / "last.pt").stat().st_mtime_ns for p in (paths[first], dense_path)] + setup
         if cache.get(entry.name, {}).get("checkpoints") != stamp:
             print(f"timing {entry.name} against dense", flush=True)
-            dense_model = load_trained_model(dense_path / "last.pt")[0]
-            cache[entry.name] = {**_time(entry.name, models[min(paths)], dense_model, threads), "checkpoints": stamp}
+            cache[entry.name] = {**_time(entry.name, loaded[first][0], dense_model, threads), "checkpoints": stamp}
             atomic_write_text(cache_path, json.dumps(cache, indent=2) + "\n")
         rows.append(
             Row(
                 entry.name,
                 entry.label,
                 {seed: history[-1]["test_acc"] for seed, history in histories.items()},
-                counts[min(paths)].params,
-                macs[min(paths)],
-                statistics.median(r["epoch_time_s"] for r in histories[min(paths)]),
+                counts[first].params,
+                macs[first],
+                statistics.median(r["epoch_time_s"] for r in histories[first]),
                 cache[entry.name],
-                any(stayed_dense(path / "last.pt") for path in paths.values()),
+                any(stayed_dense(paths[seed] / "last.pt", state) for seed, (_, _, state) in loaded.items()),
             )
         )
     return rows, missing, notes

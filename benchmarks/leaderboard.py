@@ -34,7 +34,8 @@ from lowrankcnn.training.run_directory import saved_config
 BACKBONE, EPOCHS, LR, BATCH = "resnet20", 10, 0.05, 128
 WEIGHT_DECAY = 5e-4
 POST_TRAIN_DENSE_EPOCHS = 7
-"""Post-training decomposition: this many dense epochs, then ``EPOCHS`` minus these of fine-tuning."""
+"""Post-training decomposition: this many dense epochs, then ``FINE_TUNE_EPOCHS`` of fine-tuning."""
+FINE_TUNE_EPOCHS = EPOCHS - POST_TRAIN_DENSE_EPOCHS
 FINE_TUNE_LR = 0.01
 PUFFERFISH_KEEP = ["layer1.0.*"]
 """Pufferfish keeps the stem and the first residual block dense (its CIFAR ResNet-18 code)."""
@@ -80,7 +81,7 @@ class Entry:
             wanted = self.config(seed, runs, **quick)
             epochs = [] if saved.epochs == wanted.epochs else [f"epochs {saved.epochs} -> {wanted.epochs}"]
             return config_differences(saved, wanted) + epochs
-        wanted = {"lowrank": self.settings["lowrank"], "epochs": EPOCHS - POST_TRAIN_DENSE_EPOCHS, "lr": FINE_TUNE_LR}
+        wanted = {"lowrank": self.settings["lowrank"], "epochs": FINE_TUNE_EPOCHS, "lr": FINE_TUNE_LR}
         wanted.update(seed=seed, train_subset=quick.get("train_subset"), test_subset=quick.get("test_subset"))
         found = [f"{k} {getattr(saved, k)!r} -> {v!r}" for k, v in wanted.items() if getattr(saved, k) != v]
         source = load_checkpoint(path / "last.pt").get(PHASE_KEY, {}).get("source")
@@ -176,8 +177,8 @@ def train_post(entry: Entry, seed: int, runs: Path, quick: dict[str, Any], threa
         if differs:
             raise SystemExit(f"{out} holds another decomposed run ({'; '.join(differs)}); move it away")
     else:
-        method, epochs = entry.settings["lowrank"], EPOCHS - POST_TRAIN_DENSE_EPOCHS
-        decompose_run(folder, method, out, epochs=epochs, lr=FINE_TUNE_LR, threads=threads)
+        method = entry.settings["lowrank"]
+        decompose_run(folder, method, out, epochs=FINE_TUNE_EPOCHS, lr=FINE_TUNE_LR, threads=threads)
     with Trainer.resume(out, progress=False) as trainer:
         trainer.fit()
 

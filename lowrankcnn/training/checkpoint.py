@@ -78,14 +78,15 @@ def load_checkpoint(path: str | Path, *, for_resume: bool = False) -> dict[str, 
     return state
 
 
-def stayed_dense(path: str | Path) -> bool:
+def stayed_dense(path: str | Path, state: dict[str, Any] | None = None) -> bool:
     """Whether the run saved in checkpoint ``path`` switched to low rank but kept every layer dense (its rule, e.g.
     automatic ranks or ``dense_if_faster``, found no layer worth converting): it trained the dense model.
+    ``state``: that checkpoint, already loaded (it is not read again).
 
     Raises:
         CheckpointError: ``path`` is missing, corrupt or not a lowrankcnn checkpoint.
     """
-    phase = LowRankPhase.from_state(load_checkpoint(path), path)
+    phase = LowRankPhase.from_state(load_checkpoint(path) if state is None else state, path)
     return phase is not None and phase.stays_dense
 
 
