@@ -230,11 +230,15 @@ def work(only: list[str] | None, seeds: int, runs: Path, quick: dict[str, Any], 
 
 def plan(only: list[str] | None, seeds: int, runs: Path) -> list[tuple[Entry, int]]:
     """The order of the board (the issue: "the second seed for dense and the top entries first"): runs already
-    started, then every seed of the headline entries, then seed 0 of the others, then the other seeds of the two most
+    started, then every seed of the headline entries, then seed 0 of the others (first those a published claim
+    compares, so every verdict has its numbers before the board's last entries), then the other seeds of the two most
     accurate other entries by seed 0 so far (not one whose rule kept it dense)."""
+    from _leaderboard_report import CLAIMS
+
+    in_claims = {name for _, a, b, _ in CLAIMS for name in (a, b)}
     chosen = [BY_NAME[n] for n in only] if only else list(ENTRIES)
     headline = [(e, s) for s in range(seeds) for e in chosen if e.headline]
-    others = [(e, 0) for e in chosen if not e.headline]
+    others = sorted(((e, 0) for e in chosen if not e.headline), key=lambda run: run[0].name not in in_claims)
     best = sorted(
         (
             e
