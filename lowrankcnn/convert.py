@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .layers import ConvSpec, LowRankConv2d
-from .layers.factory import LAYERS, layer_options
+from .layers.factory import LAYERS, build_options
 from .models.cfg import model_cfg
 from .profiling import image_shape, profile
 from .tables import format_table
@@ -137,7 +137,7 @@ def _why_not(module: nn.Conv2d, min_channels: int) -> str | None:
 
 
 def _check_arguments(model: object, method: str, init: str, min_channels: object, options: dict[str, Any]) -> None:
-    """``options``: the layer's options with the alignment resolved (``layer_options``)."""
+    """``options``: the layer's options with the alignment resolved (``build_options``)."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"convert: $model must be a torch.nn.Module, got {type(model).__name__}", param="model")
     if method not in CONVERT_METHODS:
@@ -230,7 +230,7 @@ def convert(
             convs sharing a weight, or no eligible conv (the message lists why each conv was skipped).
     """
     if method in CONVERT_METHODS:  # the options as the layer takes them, the alignment resolved
-        method_options = layer_options(method, method_options, align, "convert")
+        method_options = build_options(method, method_options, align, "convert")
     _check_arguments(model, method, init, min_channels, method_options)
     params_before = sum(p.numel() for p in model.parameters())
     size = _input_size(model, input_size) if count else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import inspect
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal, TypeVar, get_args
 
@@ -320,18 +320,21 @@ def low_rank_layers(model: nn.Module) -> list[LowRankConv2d]:
     return found
 
 
-def layer_options(cls: type[LowRankConv2d]) -> list[str] | None:
-    """The options ``cls._from_spec`` takes (its keyword-only parameters), sorted; ``None`` if it takes any."""
+def unknown_options(
+    cls: type[LowRankConv2d], options: Iterable[str], set_elsewhere: Iterable[str] = ()
+) -> tuple[list[str], list[str]]:
+    """``(unknown, accepted)``: the names in ``options`` that ``cls._from_spec`` does not take, and the keyword-only
+    options it takes other than ``set_elsewhere``, both sorted; nothing is unknown if it takes ``**kwargs``."""
     params = inspect.signature(cls._from_spec).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return sorted(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+        return [], []
+    accepted = sorted(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in set(set_elsewhere))
+    return sorted(set(options) - set(accepted)), accepted
 
 
 def _check_options(cls: type[LowRankConv2d], options: Mapping[str, object]) -> None:
     """A ``ConfigError`` naming every option ``cls._from_spec`` does not take."""
-    accepted = layer_options(cls)
-    unknown = [] if accepted is None else sorted(set(options) - set(accepted))
+    unknown, accepted = unknown_options(cls, options)
     if unknown:
         raise ConfigError(
             f"{cls.__name__}: unknown option(s) {', '.join(unknown)}; it takes {', '.join(accepted) or 'none'}"

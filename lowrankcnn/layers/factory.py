@@ -97,7 +97,7 @@ def resolve_align(align: int | None, layer: str) -> int:
     return _ALIGN.get() if align is None else check_align(align, layer)
 
 
-def layer_options(method: str, options: Mapping[str, Any], align: int | None, layer: str) -> dict[str, Any]:
+def build_options(method: str, options: Mapping[str, Any], align: int | None, layer: str) -> dict[str, Any]:
     """The options ``method``'s layer is built with: its defaults, ``options``, and the resolved ``align`` when the
     layer takes one (a class whose ``_from_spec`` has an ``align`` keyword; the others ignore alignment)."""
     cls, defaults = LAYERS[method]
@@ -151,4 +151,4 @@ def create_lowrank_conv(
             raise ConfigError(f"create_lowrank_conv: method 'dense' takes no options, got {', '.join(sorted(kw))}")
         return spec.conv2d()
     cls, _ = LAYERS[method]
-    return cls.from_spec(spec, **layer_options(method, kw, align, "create_lowrank_conv"))
+    return cls.from_spec(spec, **build_options(method, kw, align, "create_lowrank_conv"))

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from ..convert import ConvertMethod
 from ..data.loaders import TENSOR_SPECS
 from ..errors import ConfigError
-from ..layers.base import layer_options
+from ..layers.base import unknown_options
 from ..layers.factory import LAYERS
 from ..models import ModelSpec, model_info
 from ..models.spec import conversion_options, is_factory_path
@@ -292,11 +292,7 @@ def _check_layer_options(method: str, options: dict[str, Any]) -> None:
     """``lowrank_kwargs`` may only hold ``method``'s layer options (``_from_spec``'s keywords, not ``convert``'s)."""
     if method not in LAYERS:
         return  # an unknown method is reported by the model spec
-    accepted = layer_options(LAYERS[method][0])
-    if accepted is None:
-        return
-    accepted = [name for name in accepted if name != "align"]  # ``convert`` sets it
-    unknown = sorted(set(options) - set(accepted))
+    unknown, accepted = unknown_options(LAYERS[method][0], options, set_elsewhere=("align",))  # ``convert`` sets it
     if unknown:
         raise ConfigError(
             f"$lowrank_kwargs {', '.join(unknown)}: not options of the {method} layer, which takes "
