@@ -27,7 +27,7 @@ demo: install data
 	$(BIN)/lowrankcnn demo --out runs/demo
 
 test: install data
-	$(BIN)/python -m pytest -q --ignore=tests/interop
+	$(BIN)/python -m pytest -q --durations=10 --ignore=tests/interop  # the 10 slowest: CI must stay under 10 minutes
 
 test-slow: install data
 	RUN_SLOW=1 $(BIN)/python -m pytest -q --ignore=tests/interop
