@@ -94,7 +94,7 @@ class Entry:
 PROJECT_EVERY_100_STEPS = {"project_every": 100, "project_unit": "step"}
 """The projected scheme's projection, as in the Kim experiment (``benchmarks/rank1_fashion_mnist.py``): projected once
 an epoch, each projection left the batch-norm statistics of the dense weights it replaced, and the test accuracy after
-it was 10-17% in the first 3 epochs (train accuracy 78-85%); the run is kept in ``runs/leaderboard_discarded/``."""
+it was 10-17% in the first 3 epochs (train accuracy 78-85%; ``results/leaderboard/discarded/``)."""
 
 
 ENTRIES = (
