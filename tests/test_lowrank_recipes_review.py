@@ -261,6 +261,20 @@ def test_a_leaderboard_worker_skips_the_run_another_worker_is_training(tmp_path,
     assert outcome == "skipped" and "another worker is training it; skipped" in capsys.readouterr().out
 
 
+def test_the_leaderboards_per_run_metrics_are_not_git_ignored():
+    """The report writes each run's config and metrics under ``results/leaderboard/runs/``; a ``runs/`` pattern in
+    ``.gitignore`` (meant for the top-level run folders) kept them out of every commit."""
+    import subprocess
+
+    root = BENCHMARKS.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("results/leaderboard/runs/dense_s0/metrics.csv", "results/leaderboard/runs/dense_s0/config.json"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0
+        assert not ignored, f"{path} is git-ignored"
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/leaderboard/dense_s0/last.pt"], cwd=root).returncode == 0
+
+
 def test_a_new_run_takes_the_workers_threads_and_a_begun_one_keeps_its_own(tmp_path):
     import leaderboard
 
