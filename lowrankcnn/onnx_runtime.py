@@ -45,8 +45,11 @@ ORT_RTOL = 1e-4
 
 
 def ort_session_options(threads: int, optimized_model_path: str | Path | None = None) -> onnxruntime.SessionOptions:
-    """Session options of a timed run: ``threads`` intra-op threads, 1 inter-op thread (sequential execution),
-    ``ORT_ENABLE_ALL`` graph optimizations (see the module doc). ``optimized_model_path``: onnxruntime writes the
+    """Session options of a timed run: ``threads`` intra-op threads that do not spin-wait between runs, 1 inter-op
+    thread (sequential execution), ``ORT_ENABLE_ALL`` graph optimizations (see the module doc). Spinning (the
+    onnxruntime default) made sessions timed side by side slow each other: dense resnet20 at batch 64 on 2 cores took
+    25 ms alone but 59-65 ms interleaved with a second session (IQR 30% of the median); without it, 24-25 ms (IQR
+    1-14%), and no slower alone. ``optimized_model_path``: onnxruntime writes the
     optimized graph there (to see which nodes run in NCHWc blocks: domain ``com.microsoft.nchwc``; the file is
     for this machine only).
 
@@ -62,6 +65,7 @@ def ort_session_options(threads: int, optimized_model_path: str | Path | None = 
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: no warnings about hardware-specific graphs
     if optimized_model_path is not None:
