@@ -73,6 +73,7 @@ CONFIG_FLAGS = (
     "device",
     "project_every",
     "project_unit",
+    "recalibrate_bn",
     "threads",
     "dist_timeout",
     "lowrank",
@@ -225,6 +226,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--project-every", type=int, help="projected scheme: re-project every N epochs (or steps, --project-unit)"
     )
     p.add_argument("--project-unit", choices=PROJECT_UNITS)
+    p.add_argument(
+        "--recalibrate-bn",
+        type=int,
+        metavar="N",
+        help="after a projection at an epoch's end, re-estimate batch-norm statistics on N training batches "
+        "before testing (0: off; default 50)",
+    )
     p.add_argument(
         "--lowrank-kwargs",
         nargs="+",

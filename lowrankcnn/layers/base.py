@@ -143,8 +143,10 @@ class LowRankConv2d(nn.Module, metaclass=abc.ABCMeta):
         paper_rank_bound: ``output_rank`` reports Kim et al.'s claimed bound
             ``rank(Y) <= min(rank H[X], C_in, C_out)`` for this layer (their rank-1 layer).
 
-    Optional hook: ``constrain_()``. A layer whose parameters must be brought back into its family after an
+    Optional hook: ``constrain_() -> bool``. A layer whose parameters must be brought back into its family after an
     optimizer step (the rank-1 "projected" scheme) defines it; the trainer calls it on every module that has one.
+    It returns whether it changed the parameters (``False`` for a no-op; ``None`` counts as a change), and after
+    a change at an epoch's end the trainer re-estimates the batch-norm statistics.
     """
 
     in_channels: int

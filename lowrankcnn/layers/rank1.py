@@ -321,10 +321,13 @@ class Rank1Conv2d(_Rank1Layer):
             raise ConfigError(f"{type(self).__name__}: project_() applies to scheme='projected' only")
         self._set_factors(*self._fit(self.weight))
 
-    def constrain_(self) -> None:
-        """The trainer's constraint step: ``project_()`` for ``projected`` (``factors`` filters are always rank-1)."""
-        if self.scheme == "projected":
-            self.project_()
+    def constrain_(self) -> bool:
+        """The trainer's constraint step: ``project_()`` for ``projected`` (``factors`` filters are always rank-1,
+        so nothing changes: returns ``False``)."""
+        if self.scheme != "projected":
+            return False
+        self.project_()
+        return True
 
     @torch.no_grad()
     def fold_affine_(self, scale: torch.Tensor, shift: torch.Tensor) -> None:

@@ -50,6 +50,9 @@ class TrainConfig:
     train faster than its dense conv stays dense; see :mod:`.lowrank_phase`). ``init="spectral"`` starts every
     low-rank layer from the SVD of a He-initialized dense weight; ``frobenius_decay = λ`` adds ``λ/2 ||W||_F²`` of
     every low-rank layer's product ``W`` to the loss and exempts its factors from ``weight_decay``.
+    ``project_every``/``project_unit``: how often layers with a ``constrain_()`` hook (rank-1 ``projected``) are
+    projected, always also after the last step; after a projection at an epoch's end the batch-norm statistics
+    are re-estimated on ``recalibrate_bn`` training batches before testing (0: not).
     ``dist_timeout`` (seconds) bounds how long a data-parallel rank waits for
     the others before the job fails. Field names are the keyword arguments of the library and the
     dashed flags of ``lowrankcnn train``.
@@ -81,6 +84,7 @@ class TrainConfig:
     device: str = "auto"
     project_every: int = 1
     project_unit: ProjectUnit = "epoch"
+    recalibrate_bn: int = 50
     threads: int | None = None
     dist_timeout: float = 300.0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -104,6 +108,7 @@ class TrainConfig:
         if self.threads is not None and self.threads > MAX_THREADS:
             raise ConfigError(f"$threads must be at most {MAX_THREADS}, got {self.threads}", param="threads")
         _at_least("workers", self.workers, 0)
+        _at_least("recalibrate_bn", self.recalibrate_bn, 0)
         _at_least("seed", self.seed, 0)
         if self.seed > MAX_SEED:
             raise ConfigError(f"$seed must be at most {MAX_SEED} (2**32 - 1), got {self.seed}", param="seed")

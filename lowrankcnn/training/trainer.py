@@ -32,6 +32,7 @@ from ..layers.base import constrained_modules, low_rank_layers
 from ..layers.init import spectral_init_
 from ..utils import resolve_device
 from ..utils.losses import classification_loss
+from .batch_norm import recalibrate_batch_norm
 from .checkpoint import build_model, check_trusted, data_info, load_checkpoint, load_state
 from .config import TrainConfig, input_size_for, resumed_config
 from .divergence import DivergencePolicy
@@ -254,11 +255,20 @@ class Trainer(DivergencePolicy, PhaseSwitching):
             loss = loss + 0.5 * c.frobenius_decay * frobenius_penalty(self.model)
         return loss
 
-    def project(self) -> None:
+    def project(self) -> bool:
         """Apply every layer's constraint (``constrain_()``: e.g. re-project every ``projected`` rank-1 layer onto
-        rank-1 filters), identically on every rank."""
-        for module in self.constrained:
-            module.constrain_()
+        rank-1 filters), identically on every rank; returns whether any parameter changed."""
+        changed = [module.constrain_() is not False for module in self.constrained]
+        return any(changed)
+
+    def recalibrate_batch_norm(self) -> int:
+        """Re-estimate the batch-norm statistics of the weights as they are now on the first
+        ``config.recalibrate_bn`` training batches of this epoch; returns the number of batches used."""
+        c = self.config
+        self.data.train.set_epoch(self.epoch)
+        return recalibrate_batch_norm(
+            self.model, self.data.train, c.recalibrate_bn, self.device, c.channels_last, self.dist
+        )
 
     def on_step_end(self, epoch: int, step: int) -> None:
         """Hook called after every optimizer step (no-op; subclasses may override)."""
@@ -315,7 +325,8 @@ class Trainer(DivergencePolicy, PhaseSwitching):
         start = time.perf_counter()
         row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.schedule.lr, **self.train_epoch()}
         if self.epoch + 1 == c.epochs or (c.project_unit == "epoch" and (self.epoch + 1) % c.project_every == 0):
-            self.project()  # always after the last step: trained layers are exactly rank-1
+            if self.project():  # always after the last step: trained layers are exactly rank-1
+                self.recalibrate_batch_norm()  # the running statistics are those of the weights before
         result = evaluate(
             self.model, self.data.test, self.data.num_classes, self.device, c.channels_last, dist_info=self.dist
         )
