@@ -16,6 +16,7 @@ import torch
 from lowrankcnn import profile
 from lowrankcnn.errors import RunDirectoryError
 from lowrankcnn.measure import measure
+from lowrankcnn.onnx_runtime import SESSION_CONFIG
 from lowrankcnn.tables import markdown_table
 from lowrankcnn.timing import cpu_snapshot, noise_warning, other_cores
 from lowrankcnn.training import load_trained_model
@@ -98,7 +99,7 @@ def _rows(
     checkpoint, or the timing setup, changed since ``timings.json`` was written, or with ``retime``."""
     cache_path = results / "timings.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() and not retime else {}
-    setup = [threads, INFER_BATCH, TRAIN_BATCH, REPEATS, torch.__version__, _ort_version()]
+    setup = [threads, INFER_BATCH, TRAIN_BATCH, REPEATS, torch.__version__, _ort_setup()]
     rows, missing, notes = [], [], []
     valid = {}
     for entry in entries:
@@ -149,12 +150,13 @@ def _rows(
     return rows, missing, notes
 
 
-def _ort_version() -> str | None:
+def _ort_setup() -> str | None:
+    """onnxruntime's version and the timed sessions' config entries (``None``: not installed)."""
     try:
         import onnxruntime
     except ImportError:
         return None
-    return onnxruntime.__version__
+    return f"{onnxruntime.__version__} {json.dumps(SESSION_CONFIG, sort_keys=True)}"
 
 
 def _labels_below(rows: list[Row], x: Callable[[Row], float]) -> set[str]:

@@ -38,6 +38,7 @@ from lowrankcnn.bench import MEMORY_FORMATS, BenchSettings, bench, measure
 from lowrankcnn.deployment import factorized_form
 from lowrankcnn.layers import Rank1Conv2d
 from lowrankcnn.models import ModelSpec
+from lowrankcnn.onnx_runtime import SESSION_CONFIG
 from lowrankcnn.profiling import profile
 from lowrankcnn.tables import markdown_table
 from lowrankcnn.utils import atomic_write_text
@@ -75,7 +76,10 @@ def run(out: Path, model: str, baseline: str, quick: bool, width_mult: float = 1
     reused from ``CACHE`` when these settings were measured already."""
     if quick:
         settings.update(repeats=2, warmup=1, batch_size=min(settings.get("batch_size", 64), 4))
-    key = json.dumps([model, baseline, width_mult, settings], sort_keys=True)
+    key_parts: list = [model, baseline, width_mult, settings]
+    if settings.get("engine") == "onnxruntime":  # a change of the timed sessions' config re-measures the row
+        key_parts.append(SESSION_CONFIG)
+    key = json.dumps(key_parts, sort_keys=True)
     if key in CACHE:
         if not any(r is CACHE[key] for r in ROWS):
             ROWS.append(CACHE[key])

@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # onnxruntime is optional (the ``export`` extra)
 
 ORT_RTOL = 1e-4
 """Largest relative error ``max |ort - torch| / max |torch|`` a timed session may have."""
+SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
+"""The config entries of every timed session (see :func:`ort_session_options`); part of a timing cache's key."""
 
 
 def ort_session_options(threads: int, optimized_model_path: str | Path | None = None) -> onnxruntime.SessionOptions:
@@ -65,7 +67,8 @@ def ort_session_options(threads: int, optimized_model_path: str | Path | None = 
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: no warnings about hardware-specific graphs
     if optimized_model_path is not None:

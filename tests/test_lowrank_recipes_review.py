@@ -367,3 +367,11 @@ def test_decompose_refuses_to_overwrite_its_own_source(dense_run):
 def test_models_refuses_conversion_flags_it_would_ignore(flag, capsys):
     assert main(["models", "resnet20", *flag]) == 2
     assert "profile" in capsys.readouterr().err
+
+
+def test_cached_onnxruntime_timings_are_keyed_by_the_session_config():
+    """A timing made with other session options (spin-waiting sessions slowed each other) is not reused."""
+    pytest.importorskip("onnxruntime")
+    from _leaderboard_report import _ort_setup
+
+    assert '"session.intra_op.allow_spinning": "0"' in _ort_setup()
