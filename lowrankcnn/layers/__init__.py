@@ -12,9 +12,10 @@ from .base import ConvSpec, LowRankConv2d
 from .bsconv import BSConvU
 from .channel_rank import ChannelRankConv2d
 from .composite import BasisGroup, CompositeConv2d, format_basis, split_channels, validate_basis
+from .consecutive import ConsecutiveConv2d
 from .factory import METHODS, LowRankMethod, create_lowrank_conv
 from .init import composite_fan, init_composite_, init_weights_
-from .rank1 import ConsecutiveConv2d, Rank1Conv2d
+from .rank1 import Rank1Conv2d
 from .separable import SeparableConv2d
 
 __all__ = [

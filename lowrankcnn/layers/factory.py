@@ -61,7 +61,8 @@ from .base import ConvSpec, LowRankConv2d
 from .bsconv import BSConvU
 from .channel_rank import ChannelRankConv2d
 from .composite import LR_PARTS, WFULL_PARTS, CompositeConv2d, check_align
-from .rank1 import ConsecutiveConv2d, Rank1Conv2d
+from .consecutive import ConsecutiveConv2d
+from .rank1 import Rank1Conv2d
 from .separable import SeparableConv2d
 
 LowRankMethod = Literal["lr", "lr_join", "lr_wfull", "sf", "rank1", "consecutive", "svd", "bsconv", "dense"]

@@ -11,8 +11,9 @@ in the paper; a *conv* is named by its kernel shape, height x width: ``conv_1x1`
 
 * ``Rank1Conv2d``: the vectors are parameters (``channel``, ``vertical``,
   ``horizontal``) or, with ``scheme="projected"``, the full 3-D weight is.
-* ``ConsecutiveConv2d``: the same function class as three standard convs
-  ``conv_1x1`` -> ``conv_kx1`` -> ``conv_1xk`` trained as separate layers.
+* ``ConsecutiveConv2d`` (:mod:`.consecutive`): the same function class as three standard convs
+  ``conv_1x1`` -> ``conv_kx1`` -> ``conv_1xk`` trained as separate layers; it shares
+  :class:`Rank1FilterLayer` with ``Rank1Conv2d``.
 
 Two training schemes for ``Rank1Conv2d``:
 
@@ -23,7 +24,8 @@ Two training schemes for ``Rank1Conv2d``:
   the same function of the factors, so training follows the same path either way, up to rounding.
 * ``"projected"`` (the paper's text): the full 3-D weight is the parameter;
   ``project_()`` replaces every filter by its best rank-1 approximation (the
-  trainer does this every epoch by default and after the last step).
+  trainer does this every epoch by default and after the last step, and then re-estimates
+  the batch-norm statistics: :mod:`lowrankcnn.training.batch_norm`).
 
 ``shared_spatial=True`` is the authors' sharing: ``num`` vertical and ``num``
 horizontal vectors, ``C_out = num**2``, filter ``(i, j)`` (output channel
@@ -51,16 +53,16 @@ from torch import nn
 
 from ..errors import ConfigError
 from ._checks import check_layer_input, conv_geometry
-from ._deprecation import RenamedMembers, warn_renamed
-from .base import HE_GAIN, ConvSpec, Forms, InitMode, LowRankConv2d, fold_into_, geometry_text, he_normal_
+from ._deprecation import warn_renamed
+from .base import HE_GAIN, ConvSpec, Forms, InitMode, LowRankConv2d, fold_into_, geometry_text
 from .conv_from_weights import ChainSpatial, rank1_chain
 from .decompose import assemble, rank1_factors
 
 __all__ = [
     "SCHEMES",
     "TRAIN_FORMS",
-    "ConsecutiveConv2d",
     "Rank1Conv2d",
+    "Rank1FilterLayer",
     "Rank1Scheme",
     "Rank1TrainForm",
     "assemble",
@@ -96,9 +98,10 @@ def chain_is_faster(in_channels: int, kernel_size: tuple[int, int], stride: tupl
     return kh * kw > 1 and in_channels * min(kh * kw, 9) >= 144 * sh * sw
 
 
-class _Rank1Layer(LowRankConv2d):
-    """What both layers here share: filters ``t ⊗ q ⊗ p`` from ``factors()``, a ``bias``, pairs ``kernel_size``,
-    ``stride``, ``padding``, ``dilation``; their dense form, 1-D chain forms, MACs and rank-1 fit."""
+class Rank1FilterLayer(LowRankConv2d):
+    """What ``Rank1Conv2d`` and ``ConsecutiveConv2d`` share: filters ``t ⊗ q ⊗ p`` from ``factors()``, a
+    ``bias``, pairs ``kernel_size``, ``stride``, ``padding``, ``dilation``; their dense form, 1-D chain forms, MACs
+    and rank-1 fit."""
 
     bias: torch.Tensor | None
 
@@ -151,7 +154,7 @@ class _Rank1Layer(LowRankConv2d):
         raise NotImplementedError
 
 
-class Rank1Conv2d(_Rank1Layer):
+class Rank1Conv2d(Rank1FilterLayer):
     """Convolution whose filters are all rank-1 (outer products of 1-D vectors).
 
     Args:
@@ -364,98 +367,3 @@ class Rank1Conv2d(_Rank1Layer):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, {self.describe()}"
-
-
-class ConsecutiveConv2d(RenamedMembers, _Rank1Layer):
-    """Consecutive 1-D convolutions trained as separate layers (the Flattened-CNN baseline).
-
-    1x1 conv (C_in -> C_out, no bias) -> depthwise k_h x 1 -> depthwise 1 x k_w (+ bias), no
-    activation between: the same function class as ``Rank1Conv2d``, but each layer is a
-    standard module with its own standard (He) initialization.
-
-    Attributes:
-        conv_1x1: the 1x1 conv (C_in -> C_out, no bias), applied first.
-        conv_kx1: the depthwise k_h x 1 conv (vertical stride, padding, dilation), applied second.
-        conv_1xk: the depthwise 1 x k_w conv (horizontal stride, padding, dilation, bias), applied last.
-
-    The old names ``channel``, ``vertical``, ``horizontal`` still read (deprecated), and state dicts
-    saved with them still load.
-    """
-
-    renamed_members = {"channel": "conv_1x1", "vertical": "conv_kx1", "horizontal": "conv_1xk"}
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int] = 3,
-        stride: int | tuple[int, int] = 1,
-        bias: bool = True,
-        padding: int | tuple[int, int] | None = None,
-        dilation: int | tuple[int, int] = 1,
-    ) -> None:
-        super().__init__()
-        name = type(self).__name__
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv_geometry(
-            name, in_channels, out_channels, kernel_size, stride, padding, dilation
-        )
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.conv_1x1 = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-        self.conv_kx1 = nn.Conv2d(
-            out_channels, out_channels, (kh, 1), (sh, 1), (ph, 0), (dh, 1), groups=out_channels, bias=False
-        )
-        self.conv_1xk = nn.Conv2d(
-            out_channels, out_channels, (1, kw), (1, sw), (0, pw), (1, dw), groups=out_channels, bias=bias
-        )
-
-    @classmethod
-    def _from_spec(cls, spec: ConvSpec) -> ConsecutiveConv2d:
-        return cls(**spec.kwargs())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_layer_input(self, x)
-        return self.conv_1xk(self.conv_kx1(self.conv_1x1(x)))
-
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``t (C_out, C_in)``, ``q (C_out, k_h)``, ``p (C_out, k_w)``: the three convs' weights as 1-D factors."""
-        return self.conv_1x1.weight[:, :, 0, 0], self.conv_kx1.weight[:, 0, :, 0], self.conv_1xk.weight[:, 0, 0, :]
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.conv_1xk.bias
-
-    @property
-    def kernel_size(self) -> tuple[int, int]:
-        return self.conv_kx1.kernel_size[0], self.conv_1xk.kernel_size[1]
-
-    @property
-    def stride(self) -> tuple[int, int]:
-        return self.conv_kx1.stride[0], self.conv_1xk.stride[1]
-
-    @property
-    def padding(self) -> tuple[int, int]:
-        return self.conv_kx1.padding[0], self.conv_1xk.padding[1]
-
-    @property
-    def dilation(self) -> tuple[int, int]:
-        return self.conv_kx1.dilation[0], self.conv_1xk.dilation[1]
-
-    @torch.no_grad()
-    def fold_affine_(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
-        """Into the last conv (``conv_1xk``)."""
-        fold_into_(self.conv_1xk, self.conv_1xk.weight, scale, shift)
-
-    @torch.no_grad()
-    def reset_parameters(self, mode: InitMode = "fan_out", gain: float = HE_GAIN) -> None:
-        """He init of each of the three convs with its own fan; bias zero."""
-        for conv in (self.conv_1x1, self.conv_kx1, self.conv_1xk):
-            he_normal_(conv, mode, gain)
-
-    def _set_factors(self, t: torch.Tensor, q: torch.Tensor, p: torch.Tensor) -> None:
-        self.conv_1x1.weight.copy_(t[:, :, None, None])
-        self.conv_kx1.weight.copy_(q[:, None, :, None])
-        self.conv_1xk.weight.copy_(p[:, None, None, :])
-
-    def describe(self) -> str:
-        kh, kw = self.kernel_size
-        return f"1x1:{self.out_channels} -> dw {kh}x1 -> dw 1x{kw}" + geometry_text(self.stride, self.dilation)
