@@ -26,11 +26,17 @@ $(DATA):
 demo: install data
 	$(BIN)/lowrankcnn demo --out runs/demo
 
+# Tests run on every core (pytest-xdist; each worker gets its share of torch threads, tests/conftest.py), then the
+# few that need the machine to themselves. --durations: the slowest tests (CI must stay under 10 minutes).
+PYTEST_PARALLEL := -q -n auto --dist worksteal --durations=10 --ignore=tests/interop
+
 test: install data
-	$(BIN)/python -m pytest -q --durations=10 --ignore=tests/interop  # the 10 slowest: CI must stay under 10 minutes
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not serial"
+	$(BIN)/python -m pytest -q --ignore=tests/interop -m serial
 
 test-slow: install data
-	RUN_SLOW=1 $(BIN)/python -m pytest -q --ignore=tests/interop
+	RUN_SLOW=1 $(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not serial"
+	RUN_SLOW=1 $(BIN)/python -m pytest -q --ignore=tests/interop -m serial
 
 # The interop tier (not part of `make test`): torchvision and timm models through profile, deploy and ONNX.
 # torchvision does not import beside the local torch 2.13.0 CPU wheel, so this tier has its own venv with

@@ -160,18 +160,22 @@ def _ort_setup() -> str | None:
 
 
 def _labels_below(rows: list[Row], x: Callable[[Row], float]) -> set[str]:
-    """Entries whose label goes below their point: each one close (in the plot's log-x, linear-y frame) to a point
-    to its left whose label stays above, where the two labels would overlap."""
+    """Entries whose label goes below their point: of two points close together (in the plot's log-x, linear-y
+    frame), where the labels would overlap, the lower one's (a label below the upper point would land on the lower
+    point's label)."""
     span_x = math.log(max(map(x, rows)) / min(map(x, rows))) or 1.0
     span_y = (max(r.acc for r in rows) - min(r.acc for r in rows)) or 1.0
     above: list[Row] = []
     below = set()
     for r in sorted(rows, key=x):
-        near = any(math.log(x(r) / x(o)) / span_x < 0.12 and abs(r.acc - o.acc) / span_y < 0.05 for o in above)
-        if near:
+        near = [o for o in above if math.log(x(r) / x(o)) / span_x < 0.12 and abs(r.acc - o.acc) / span_y < 0.05]
+        if near and all(r.acc < o.acc for o in near):
             below.add(r.name)
-        else:
-            above.append(r)
+            continue
+        for o in near:  # r is the upper point: the lower ones' labels go below
+            above.remove(o)
+            below.add(o.name)
+        above.append(r)
     return below
 
 

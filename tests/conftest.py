@@ -17,6 +17,14 @@ requires_fashion_mnist = pytest.mark.skipif(
 """Mark for every test that reads the real data set: skipped, with the command that installs it, when it is missing."""
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``pytest -n N`` (pytest-xdist, as ``make test`` runs), each worker takes its share of the cores, so the
+    workers' torch threads do not oversubscribe them."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
 @pytest.fixture(scope="session")
 def tiny_kim_run(tmp_path_factory) -> Path:
     """One finished one-epoch ``tiny_kim_config`` run, trained once per session (skips without the data set).

@@ -212,6 +212,8 @@ def test_pareto_plot_puts_the_label_of_a_crowded_point_below_it():
         Row(n, n, {0: a}, 1, m, 1.0, {}) for n, a, m in (("sf", 0.9303, 21.8), ("cr", 0.9300, 26.0), ("x", 0.91, 5))
     ]
     assert _labels_below(rows, lambda r: r.macs) == {"cr"}  # sf's and cr's labels would overlap; x is far away
+    rows[1] = Row("cr", "cr", {0: 0.9313}, 1, 26.0, 1.0, {})  # the point to the right is the upper one now
+    assert _labels_below(rows, lambda r: r.macs) == {"sf"}  # so the left one's label goes below
 
 
 def test_which_to_pick_lists_the_pareto_front_cheapest_first():

@@ -20,6 +20,7 @@ def test_other_cores_subtracts_this_process():
     assert "repeats vary by 50%" in noise_warning({"a": Timing([1.0, 0.5, 1.5, 1.0, 1.0])}, others=0.0)
 
 
+@pytest.mark.serial  # under pytest -n, the other workers are busy neighbours
 @pytest.mark.skipif(cpu_snapshot() is None, reason="no /proc/stat (not Linux)")
 def test_a_busy_neighbour_is_seen_and_our_own_work_is_not():
     start = cpu_snapshot()
