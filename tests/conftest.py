@@ -19,10 +19,13 @@ requires_fashion_mnist = pytest.mark.skipif(
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under ``pytest -n N`` (pytest-xdist, as ``make test`` runs), each worker takes its share of the cores, so the
-    workers' torch threads do not oversubscribe them."""
+    workers' torch threads do not oversubscribe them: its own, and (``OMP_NUM_THREADS``) those of the commands it
+    starts. Tests that set a thread count use ``torch.get_num_threads()``, this share."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+        share = max(1, (os.cpu_count() or 1) // int(workers))
+        torch.set_num_threads(share)
+        os.environ["OMP_NUM_THREADS"] = str(share)
 
 
 @pytest.fixture(scope="session")

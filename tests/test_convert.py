@@ -150,7 +150,7 @@ def test_a_converted_resnet20_learns_fashion_mnist(tmp_path):
         test_subset=1000,
         batch_size=128,
         lr=0.05,
-        threads=2,
+        threads=torch.get_num_threads(),
     )
     with Trainer(config, progress=False, verbose=False) as trainer:
         history = trainer.fit()

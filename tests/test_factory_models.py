@@ -66,7 +66,7 @@ def config(out, **kw):
         train_subset=4000,
         test_subset=500,
         workers=0,
-        threads=2,
+        threads=torch.get_num_threads(),
         lowrank="lr",
     )
     return TrainConfig(**{**settings, **kw})

@@ -25,8 +25,8 @@ def small_config(tmp_path: Path, **kwargs) -> TrainConfig:
 
 def test_small_lowrank_model_learns_fashion_mnist(tmp_path):
     config = small_config(
-        tmp_path, width_mult=0.25, epochs=3, train_subset=6000, test_subset=1000, lr=0.02, threads=2,
-        model_kwargs={"bn": True},
+        tmp_path, width_mult=0.25, epochs=3, train_subset=6000, test_subset=1000, lr=0.02,
+        threads=torch.get_num_threads(), model_kwargs={"bn": True},
     )  # fmt: skip
     history = Trainer(config, progress=False).fit()
     assert history[-1]["test_acc"] > 0.70  # chance is 0.10
