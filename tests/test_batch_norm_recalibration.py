@@ -112,3 +112,30 @@ def test_a_resumed_projected_run_reproduces_the_uninterrupted_one(tmp_path):
         assert [r["test_loss"] for r in history] == [r["test_loss"] for r in reference]
         for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
             assert torch.equal(a, b), name
+
+
+@requires_fashion_mnist
+def test_under_ddp_every_rank_recalibrates_on_its_shard_and_the_statistics_are_averaged(tmp_path):
+    from test_training import _torchrun
+
+    from lowrankcnn.data import build_data
+    from lowrankcnn.training import load_trained_model
+
+    out = tmp_path / "ddp"
+    shape = ["--width-mult", "0.25", "--batch-size", "64", "--train-subset", "256", "--test-subset", "64"]
+    _torchrun(
+        ["train", "--model", "kim_rank1_cifar10", *shape, "--input-size", "32", "--epochs", "1", "--rank1-scheme",
+         "projected", "--recalibrate-bn", "2", "--threads", "1", "--no-progress", "--out", str(out)],
+        nproc=2,
+    )  # fmt: skip
+    model, _, _ = load_trained_model(out / "last.pt")
+    saved = [t.clone() for m in tracked_batch_norms(model) for t in (m.running_mean, m.running_var)]
+    per_rank = []
+    for rank in (0, 1):  # what each rank computed: the first 2 batches of its shard of epoch 0
+        data = build_data("fashion-mnist", batch_size=64, rank=rank, world_size=2, train_subset=256, input_size=32)
+        data.train.set_epoch(0)
+        recalibrate_batch_norm(model, data.train, 2, torch.device("cpu"))
+        per_rank.append([t.clone() for m in tracked_batch_norms(model) for t in (m.running_mean, m.running_var)])
+    assert not all(torch.allclose(a, b) for a, b in zip(*per_rank, strict=True))  # the shards differ
+    for got, a, b in zip(saved, *per_rank, strict=True):
+        torch.testing.assert_close(got, (a + b) / 2, rtol=1e-5, atol=1e-6)
