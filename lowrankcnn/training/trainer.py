@@ -258,7 +258,7 @@ class Trainer(DivergencePolicy, PhaseSwitching):
     def project(self) -> bool:
         """Apply every layer's constraint (``constrain_()``: e.g. re-project every ``projected`` rank-1 layer onto
         rank-1 filters), identically on every rank; returns whether any parameter changed."""
-        changed = [module.constrain_() is not False for module in self.constrained]
+        changed = [module.constrain_() is not False for module in self.constrained]  # a list: every layer runs
         return any(changed)
 
     def recalibrate_batch_norm(self) -> int:
